@@ -1,0 +1,1 @@
+"""Losses: the triplet loss, its negative samplers, and the MDR regulariser."""

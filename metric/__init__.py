@@ -1,0 +1,1 @@
+"""Distances and retrieval metrics for deep metric learning."""

@@ -1,0 +1,69 @@
+"""Embedding models: backbones, heads and their construction."""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from errors import UserError
+from model.bninception import BNInceptionTrunk
+from model.embedding import Embedding, L2NormEmbedding
+from model.resnet import ResNetTrunk
+
+BACKBONES = ("bninception", "resnet18", "resnet50")
+BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
+_TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
+
+
+def _read_state_dict(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"pretrained weights {path} not found; pass an existing file to --pretrained "
+                        "or train from scratch with --no-pretrained")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read pretrained weights {path}: {exc}") from exc
+
+
+def _bninception_imagenet(path: Path | None) -> dict:
+    """ImageNet weights of BN-Inception with Cadene's 1xN tensors squeezed to N."""
+    if path is None:
+        try:
+            state = torch.hub.load_state_dict_from_url(BNINCEPTION_URL, map_location="cpu",
+                                                       check_hash=True, weights_only=True)
+        except Exception as exc:
+            raise UserError(f"cannot download BN-Inception ImageNet weights from {BNINCEPTION_URL} ({exc}); "
+                            "download bn_inception-52deb4733.pth elsewhere and pass it with --pretrained PATH, "
+                            "or use --no-pretrained") from exc
+    else:
+        state = _read_state_dict(path)
+    return {k: v.squeeze(0) if v.dim() == 2 and v.shape[0] == 1 else v for k, v in state.items()}
+
+
+def build_backbone(name: str, pretrained: bool | str | Path = True) -> nn.Module:
+    """A backbone with an ``output_size`` attribute; ``pretrained`` is True, False or a weights file."""
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    path = Path(pretrained) if isinstance(pretrained, (str, Path)) else None
+    if name == "bninception":
+        trunk = BNInceptionTrunk()
+        if pretrained:
+            trunk.model.load_state_dict(_bninception_imagenet(path))
+        return trunk
+    if path is not None:
+        trunk = ResNetTrunk(name)
+        state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
+        trunk.load_state_dict(state)
+        return trunk
+    try:
+        return ResNetTrunk(name, weights=_TORCHVISION_WEIGHTS[name] if pretrained else None)
+    except Exception as exc:
+        raise UserError(f"cannot download the torchvision ImageNet weights of {name} ({exc}); "
+                        "pass a local file with --pretrained PATH, or use --no-pretrained") from exc
+
+
+def build_model(backbone: str = "bninception", embedding_size: int = 512, l2norm: bool = False,
+                pretrained: bool | str | Path = True) -> Embedding:
+    """The authors' embedding model: ``base`` (the backbone) and ``linear`` (the head)."""
+    base = build_backbone(backbone, pretrained)
+    head = L2NormEmbedding if l2norm else Embedding
+    return head(base, feature_size=base.output_size, embedding_size=embedding_size)

@@ -1,0 +1,36 @@
+"""Embedding heads: a linear layer on top of a backbone."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metric.distance import off_diagonal, pdist
+
+
+class Embedding(nn.Module):
+    """Linear head without L2 normalisation ("Learning without L2 Norm", Sec. 3.1).
+
+    Training mode: (N, D) output divided by the batch's mean off-diagonal
+    pairwise distance (not detached). Eval mode: the plain linear output.
+    """
+
+    def __init__(self, base: nn.Module, feature_size: int = 512, embedding_size: int = 128):
+        super().__init__()
+        self.base = base
+        self.linear = nn.Linear(feature_size, embedding_size)
+
+    def head(self, feat: torch.Tensor) -> torch.Tensor:
+        """(N, feature_size) features -> (N, embedding_size) embeddings."""
+        embedding = self.linear(feat)
+        if self.training:
+            return embedding / off_diagonal(pdist(embedding)).mean()
+        return embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.base(x).flatten(1))
+
+
+class L2NormEmbedding(Embedding):
+    """Linear head whose output is always L2-normalised."""
+
+    def head(self, feat: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(feat), dim=1, p=2)
