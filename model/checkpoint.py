@@ -1,0 +1,78 @@
+"""Reading and writing weights: safe loading, clear mismatch errors, atomic saves."""
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from errors import UserError
+
+
+def save_atomic(obj: object, path: str | Path) -> None:
+    """torch.save ``obj`` to ``path`` through a temporary file, fsync and rename.
+
+    A crash or a full disk leaves the previous ``path`` intact, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_weights_file(path: str | Path) -> dict:
+    """Load ``path`` with ``weights_only=True``: a file holding arbitrary pickled code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; check the path given to --load/--resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"refused to load {path}: it holds pickled objects other than tensors and plain "
+                        "containers, which could run code; only weights files are accepted") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(f"cannot read checkpoint {path} ({exc}); the file is damaged or not a torch file") from exc
+
+
+def model_state(checkpoint: dict) -> dict:
+    """The model state_dict inside an authors' plain state_dict, a DataParallel one or a full checkpoint."""
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict):
+        raise UserError("the checkpoint holds no state_dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def mismatches(model: nn.Module, state: dict, show: int = 5) -> list[str]:
+    """Human-readable differences between ``model``'s keys/shapes and ``state``'s, first ``show`` of each kind."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    out = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" (+{len(items) - show} more)" if len(items) > show else ""
+            out.append(f"{title} keys: {', '.join(items[:show])}{more}")
+    return out
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Load the weights at ``path`` into ``model`` strictly, or raise listing the first mismatches."""
+    state = model_state(read_weights_file(path))
+    problems = mismatches(model, state)
+    if problems:
+        raise UserError(f"checkpoint {path} does not fit this model (check --backbone, --embedding-size, "
+                        f"--l2norm): {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,269 @@
+"""Train and evaluate Triplet, Triplet+L2Norm and Triplet+MDR exactly as the authors' code does.
+
+    python run.py --dataset cub200 --lr 5e-5 --recall 1 2 4 8 --lambda-mdr 0.6 --nu-mdr 0.01
+    python run.py --mode eval --dataset cub200 --load cub200.pth --recall 1 2 4 8
+"""
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dataset import DATASETS
+from dataset.sampler import PKSampler
+from dataset.transforms import build_transforms
+from errors import UserError
+from loss.mdr import MDRLoss
+from loss.sampler import SAMPLERS
+from loss.triplet import TripletLoss
+from metric.map_at_r import map_at_r, map_at_r_query_gallery
+from metric.nmi import nmi
+from metric.recall import recall_at_k, recall_at_k_query_gallery
+from model import BACKBONES, build_model
+from model.batchnorm import freeze_batchnorm
+from model.checkpoint import load_model_weights, save_atomic
+
+METRICS = ("recall", "map_r", "nmi")
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite."""
+
+
+def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["train", "eval"], default="train", help="train, or only evaluate --load")
+    p.add_argument("--load", default=None, help="model weights to start from or evaluate (authors' .pth files work)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=dataset,
+                   help="benchmark; 'stanford' and 'sop' are Stanford Online Products, 'folder' your own "
+                        "--data DIR with one sub-folder per class")
+    p.add_argument("--backbone", choices=BACKBONES, default="bninception")
+    p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings (Triplet+L2Norm)")
+    p.add_argument("--lambda-mdr", type=float, default=0.0, help="weight of the MDR regulariser (0: off)")
+    p.add_argument("--nu-mdr", type=float, default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--embedding-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (weight decay 1e-5)")
+    p.add_argument("--lr-decay-epochs", type=int, nargs="+", default=[40, 60, 80], help="MultiStepLR milestones")
+    p.add_argument("--lr-decay-gamma", type=float, default=0.2)
+    p.add_argument("--batch", type=int, default=128, help="training batch size")
+    p.add_argument("--num-image-per-class", "--num_image_per_class", dest="num_image_per_class", type=int,
+                   default=4, help="images per class in a training batch")
+    p.add_argument("--iter-per-epoch", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--recall", type=int, nargs="+", default=[1], help="K values of Recall@K")
+    p.add_argument("--seed", type=int, default=1, help="seed of python, torch and the batch sampler")
+    p.add_argument("--data", default="./dataset/", help="data root (for --dataset folder: the image folder)")
+    p.add_argument("--save-dir", default="./result", help="where best.pth, last.pth, result.txt and logs go")
+    p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto",
+                   help="auto picks CUDA, then MPS, then CPU")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="start the backbone from random weights")
+    p.add_argument("--pretrained", dest="pretrained", metavar="PATH", default=True,
+                   help="ImageNet weights file for the backbone (default: download)")
+    p.add_argument("--image-size", type=int, default=224, help="crop side; images are resized to size*256/224 first")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
+                   help="negative sampling of the triplet loss (the authors use distance-weighted)")
+    p.add_argument("--eval-batch", type=int, default=128, help="batch size of embedding extraction")
+    p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
+                   help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
+    p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
+    p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
+    return p
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                    mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0) -> float:
+    """One epoch of the authors' loop; returns the mean triplet loss.
+
+    Per batch: embeddings in training mode with every BatchNorm frozen, loss =
+    triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
+    every step, whatever lambda is), then zero_grad, backward, step.
+    """
+    device = next(model.parameters()).device
+    model.train()
+    freeze_batchnorm(model)
+    losses = []
+    progress = tqdm(loader, ncols=80)
+    for iteration, (images, labels) in enumerate(progress):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        embedding = model(images)
+        loss_triplet = criterion(embedding, labels)
+        loss_mdr = mdr.regularizer(embedding, lambda_mdr, nu_mdr)
+        loss = loss_triplet + loss_mdr
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch}, iteration {iteration}; "
+                                "the last good checkpoint is kept; lower --lr or check the data")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, loss_triplet.item(),
+                                                                             loss_mdr.item()))
+        losses.append(loss_triplet.item())
+    mean = float(torch.tensor(losses).mean()) if losses else float("nan")
+    print("[Epoch %d] Loss: %.5f\n" % (epoch, mean))
+    return mean
+
+
+@torch.inference_mode()
+def extract(model: nn.Module, loader: DataLoader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float32 embeddings and (N,) labels of a loader, in eval mode."""
+    device = next(model.parameters()).device
+    model.eval()
+    embeddings, labels = [], []
+    for images, batch_labels in tqdm(loader, ncols=80, desc=desc):
+        embeddings.append(model(images.to(device, non_blocking=True)).float())
+        labels.append(batch_labels.to(device))
+    return torch.cat(embeddings), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
+             metrics: Iterable[str] = ("recall",)) -> dict[str, float]:
+    """Recall@K (percent) and the other requested metrics on the test split, or query -> gallery.
+
+    ``loaders`` holds "test", or "query" and "gallery". Returns {"Recall@K": ..., "MAP@R": ...}.
+    """
+    if "query" in loaders:
+        query, q_labels = extract(model, loaders["query"], "[Eval][Epoch %d] query" % epoch)
+        gallery, g_labels = extract(model, loaders["gallery"], "[Eval][Epoch %d] gallery" % epoch)
+        recall = recall_at_k_query_gallery(query, q_labels, gallery, g_labels, ks)
+        extra = map_at_r_query_gallery(query, q_labels, gallery, g_labels) if "map_r" in metrics else {}
+        clusters = (query, q_labels)
+    else:
+        emb, labels = extract(model, loaders["test"], "[Eval][Epoch %d]" % epoch)
+        recall = recall_at_k(emb, labels, ks)
+        extra = map_at_r(emb, labels) if "map_r" in metrics else {}
+        clusters = (emb, labels)
+    results = {f"Recall@{k}": r for k, r in zip(ks, recall)}
+    results.update(extra)
+    if "nmi" in metrics:
+        results["NMI"] = nmi(*clusters)
+    for k, r in zip(ks, recall):
+        print("[Epoch %d] Recall@%d: [%.4f]\n" % (epoch, k, r))
+    for name, value in results.items():
+        if not name.startswith("Recall@"):
+            print("[Epoch %d] %s: [%.4f]\n" % (epoch, name, value))
+    return results
+
+
+def build_datasets(args: argparse.Namespace) -> tuple:
+    """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms."""
+    train_tf, test_tf = build_transforms(args.backbone, args.image_size)
+    cls = DATASETS[args.dataset]
+    kwargs = {"download": args.download}
+    if args.dataset == "folder":
+        kwargs["train_classes"] = args.train_classes
+    eval_splits = ("query", "gallery") if args.dataset == "inshop" else ("test",)
+    train = cls(args.data, split="train", transform=train_tf, **kwargs) if args.mode == "train" else None
+    evals = {s: cls(args.data, split=s, transform=test_tf, **kwargs) for s in eval_splits}
+    return train, evals
+
+
+def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: torch.device):
+    pin = device.type == "cuda"
+    common = {"num_workers": args.workers, "pin_memory": pin, "persistent_workers": args.workers > 0}
+    train_loader = None
+    if train_set is not None:
+        sampler = PKSampler(train_set.labels, args.batch, args.num_image_per_class, args.iter_per_epoch,
+                            seed=args.seed)
+        train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
+    eval_loaders = {name: DataLoader(ds, batch_size=args.eval_batch, shuffle=False, **common)
+                    for name, ds in eval_sets.items()}
+    return train_loader, eval_loaders
+
+
+def write_results(save_dir: Path, best: float, final: float) -> None:
+    tmp = save_dir / "result.txt.tmp"
+    tmp.write_text("Best Recall@1: %.4f\nFinal Recall@1: %.4f\n" % (best, final))
+    os.replace(tmp, save_dir / "result.txt")
+
+
+def log_epoch(save_dir: Path, record: dict) -> None:
+    with open(save_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    print(f"Seed: {args.seed}")
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    pretrained = args.pretrained if args.load is None else False  # --load replaces every weight
+    model = build_model(args.backbone, args.embedding_size, args.l2norm, pretrained).to(device)
+    if args.load is not None:
+        load_model_weights(model, args.load)
+        print("Loaded Model from %s" % args.load)
+    train_set, eval_sets = build_datasets(args)
+    if train_set is not None:
+        print("Number of images in Training Set: %d" % len(train_set))
+    for name, ds in eval_sets.items():
+        print("Number of images in %s set: %d" % (name.capitalize(), len(ds)))
+    train_loader, eval_loaders = build_loaders(args, train_set, eval_sets, device)
+
+    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics)
+    if args.mode == "eval":
+        return results
+
+    criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
+    mdr = MDRLoss().to(device)
+    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
+                                  {"params": mdr.parameters(), "lr": args.lr}], weight_decay=1e-5)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
+    save_dir = Path(args.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    first_key = f"Recall@{args.recall[0]}"
+    best = results[first_key]
+    save_atomic(model.state_dict(), save_dir / "best.pth")
+    for epoch in range(1, args.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr, epoch)
+        scheduler.step()
+        results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics)
+        if results[first_key] > best:
+            best = results[first_key]
+            save_atomic(model.state_dict(), save_dir / "best.pth")
+        save_atomic(model.state_dict(), save_dir / "last.pth")
+        write_results(save_dir, best, results[first_key])
+        log_epoch(save_dir, {"epoch": epoch, "loss": loss, "lr": lr, "levels": mdr.levels.tolist(), **results})
+        print("Best Recall@1: %.4f" % best)
+    return results
+
+
+def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
+    args = get_args_parser(dataset).parse_args(argv)
+    try:
+        main(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
