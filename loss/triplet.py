@@ -23,7 +23,9 @@ class TripletLoss(nn.Module):
         self.sampler = sampler if sampler is not None else DistanceWeighted()
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(N, D) embeddings, (N,) labels -> scalar loss."""
+        """(N, D) embeddings, (N,) labels -> scalar loss; 0 (with a graph) when the batch has no triplet."""
         anchor_idx, pos_idx, neg_idx = self.sampler(embeddings, labels)
+        if len(anchor_idx) == 0:
+            return embeddings.sum() * 0.0
         return F.triplet_margin_loss(embeddings[anchor_idx], embeddings[pos_idx],
                                      embeddings[neg_idx], margin=self.margin)
