@@ -1,0 +1,28 @@
+"""In-Shop Clothes Retrieval: train, and query -> gallery evaluation."""
+from dataset.benchmark import Benchmark, Remote, read_rows
+
+IMG_FOLDER = "https://drive.google.com/drive/folders/0B7EVK8r0v71pYkd5TzBiclMzR00"
+LIST_FOLDER = "https://drive.google.com/drive/folders/0B7EVK8r0v71pWVBJelFmMW5EWnM"
+
+
+class InShop(Benchmark):
+    """``<root>/Inshop/list_eval_partition.txt`` and ``img/``.
+
+    The label of an item id ``id_00000123`` is 123 in every split, so query
+    and gallery labels agree; ``.item_ids`` holds the id strings.
+    """
+
+    folder = "Inshop"
+    required = ("list_eval_partition.txt", "img")
+    splits = ("train", "query", "gallery")
+    remotes = (Remote("Inshop/img.zip", (), None, provides="Inshop/img", extract_to="Inshop"),)
+
+    def how_to_get(self) -> str:
+        return (f"In-Shop must be downloaded by hand: put img.zip (from {IMG_FOLDER}) and "
+                f"list_eval_partition.txt (from {LIST_FOLDER}) into {self.base}; img.zip is extracted for you")
+
+    def read_split(self, split: str) -> list[tuple[str, int]]:
+        rows = read_rows(self.base / "list_eval_partition.txt", skip=2, columns=3)
+        chosen = [(path, item) for path, item, status in rows if status == split]
+        self.item_ids = [item for _, item in chosen]
+        return [(str(self.base / path), int(item.split("_")[-1])) for path, item in chosen]

@@ -1,0 +1,24 @@
+"""Stanford Online Products: Ebay_train.txt and Ebay_test.txt."""
+from dataset.benchmark import Benchmark, Remote, read_rows
+
+SOP_URLS = ("http://ftp.cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip",
+            "https://drive.usercontent.google.com/download?id=1TclrpQOF_ullUP99wk_gjGN8pKvtErG8"
+            "&export=download&confirm=t")
+SOP_MD5 = "7f73d41a2f44250d4779881525aea32e"
+
+
+class StanfordOnlineProducts(Benchmark):
+    """Rows ``image_id class_id super_class_id path`` after a header; label = class_id - 1."""
+
+    folder = "Stanford_Online_Products"
+    required = ("Ebay_train.txt", "Ebay_test.txt")
+    remotes = (Remote("Stanford_Online_Products.zip", SOP_URLS, SOP_MD5,
+                      provides="Stanford_Online_Products/Ebay_test.txt"),)
+
+    def how_to_get(self) -> str:
+        return (f"download it by running without --no-download, or fetch {SOP_URLS[0]} (md5 {SOP_MD5}) "
+                f"and unzip it into {self.root}")
+
+    def read_split(self, split: str) -> list[tuple[str, int]]:
+        rows = read_rows(self.base / f"Ebay_{split}.txt", skip=1, columns=4)
+        return [(str(self.base / path), int(class_id) - 1) for _, class_id, _, path in rows]
