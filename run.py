@@ -28,13 +28,19 @@ from metric.nmi import nmi
 from metric.recall import recall_at_k, recall_at_k_query_gallery
 from model import BACKBONES, build_model
 from model.batchnorm import freeze_batchnorm
-from model.checkpoint import load_model_weights, save_atomic
+from model.checkpoint import load_model_weights, read_weights_file, save_atomic
+from tools.plot import plot_run, save_embedding_sample
+from tools.retrievals import save_retrieval_grid
 
 METRICS = ("recall", "map_r", "nmi")
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C during training; the message says how to resume."""
 
 
 def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
@@ -76,6 +82,13 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
     p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
+    p.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue a run from its checkpoint.pth, or from the --save-dir that holds it")
+    p.add_argument("--save-embeddings", action="store_true",
+                   help="write the evaluated embeddings and labels to <save-dir>/embeddings.pt")
+    p.add_argument("--save-retrievals", type=int, default=0, metavar="N",
+                   help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
+    p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
     return p
 
 
@@ -97,8 +110,11 @@ def seed_everything(seed: int) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                    mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0) -> float:
+                    mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
+                    stats: dict | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
+
+    ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -107,7 +123,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     device = next(model.parameters()).device
     model.train()
     freeze_batchnorm(model)
-    losses = []
+    losses, regs = [], []
     progress = tqdm(loader, ncols=80)
     for iteration, (images, labels) in enumerate(progress):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -124,7 +140,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, loss_triplet.item(),
                                                                              loss_mdr.item()))
         losses.append(loss_triplet.item())
+        regs.append(loss_mdr.item())
     mean = float(torch.tensor(losses).mean()) if losses else float("nan")
+    if stats is not None:
+        stats["reg_loss"] = float(torch.tensor(regs).mean()) if regs else float("nan")
     print("[Epoch %d] Loss: %.5f\n" % (epoch, mean))
     return mean
 
@@ -142,19 +161,24 @@ def extract(model: nn.Module, loader: DataLoader, desc: str) -> tuple[torch.Tens
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
-             metrics: Iterable[str] = ("recall",)) -> dict[str, float]:
+             metrics: Iterable[str] = ("recall",), keep: dict | None = None) -> dict[str, float]:
     """Recall@K (percent) and the other requested metrics on the test split, or query -> gallery.
 
     ``loaders`` holds "test", or "query" and "gallery". Returns {"Recall@K": ..., "MAP@R": ...}.
+    ``keep``, if given, receives {split: (embeddings, labels)}.
     """
     if "query" in loaders:
         query, q_labels = extract(model, loaders["query"], "[Eval][Epoch %d] query" % epoch)
         gallery, g_labels = extract(model, loaders["gallery"], "[Eval][Epoch %d] gallery" % epoch)
+        if keep is not None:
+            keep.update(query=(query, q_labels), gallery=(gallery, g_labels))
         recall = recall_at_k_query_gallery(query, q_labels, gallery, g_labels, ks)
         extra = map_at_r_query_gallery(query, q_labels, gallery, g_labels) if "map_r" in metrics else {}
         clusters = (query, q_labels)
     else:
         emb, labels = extract(model, loaders["test"], "[Eval][Epoch %d]" % epoch)
+        if keep is not None:
+            keep["test"] = (emb, labels)
         recall = recall_at_k(emb, labels, ks)
         extra = map_at_r(emb, labels) if "map_r" in metrics else {}
         clusters = (emb, labels)
@@ -203,15 +227,61 @@ def write_results(save_dir: Path, best: float, final: float) -> None:
 
 
 def log_epoch(save_dir: Path, record: dict) -> None:
+    """Append one epoch's record to metrics.jsonl and print it."""
     with open(save_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    print("[Epoch %d] " % record["epoch"] + ", ".join(
+        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in record.items() if k != "epoch"))
+
+
+def rng_state(sampler: PKSampler) -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "sampler": sampler.state_dict()}
+
+
+def set_rng_state(state: dict, sampler: PKSampler) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    sampler.load_state_dict(state["sampler"])
+
+
+def resume_path(resume: str) -> Path:
+    path = Path(resume)
+    return path / "checkpoint.pth" if path.is_dir() else path
+
+
+def print_table(results: dict[str, float]) -> None:
+    width = max(len(name) for name in results)
+    print("\n".join([f"{'metric':<{width}}  value (%)", "-" * (width + 11)]
+                    + [f"{name:<{width}}  {value:9.4f}" for name, value in results.items()]))
+
+
+def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_dir: Path) -> None:
+    """The optional outputs of an evaluation: embeddings file and retrieval grid."""
+    if not (args.save_embeddings or args.save_retrievals):
+        return
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if args.save_embeddings:
+        save_atomic({name: {"embeddings": e.cpu(), "labels": l.cpu()} for name, (e, l) in embedded.items()},
+                    save_dir / "embeddings.pt")
+        print(f"Embeddings written to {save_dir / 'embeddings.pt'}")
+    if args.save_retrievals:
+        query_name = "query" if "query" in embedded else "test"
+        gallery_name = "gallery" if "gallery" in embedded else "test"
+        path = save_retrieval_grid(embedded[query_name], eval_sets[query_name].samples, embedded[gallery_name],
+                                   eval_sets[gallery_name].samples, args.save_retrievals,
+                                   save_dir / "retrievals.png", exclude_self=query_name == gallery_name)
+        print(f"Retrieval grid written to {path}")
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
     print(f"Seed: {args.seed}")
     seed_everything(args.seed)
     device = select_device(args.device)
-    pretrained = args.pretrained if args.load is None else False  # --load replaces every weight
+    pretrained = args.pretrained if args.load is None and args.resume is None else False
     model = build_model(args.backbone, args.embedding_size, args.l2norm, pretrained).to(device)
     if args.load is not None:
         load_model_weights(model, args.load)
@@ -222,9 +292,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     for name, ds in eval_sets.items():
         print("Number of images in %s set: %d" % (name.capitalize(), len(ds)))
     train_loader, eval_loaders = build_loaders(args, train_set, eval_sets, device)
+    save_dir = Path(args.save_dir)
 
-    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics)
+    embedded: dict = {}
     if args.mode == "eval":
+        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
+        print_table(results)
+        finish_eval(args, embedded, eval_sets, save_dir)
         return results
 
     criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
@@ -232,23 +306,59 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
                                   {"params": mdr.parameters(), "lr": args.lr}], weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
-    save_dir = Path(args.save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
+    sampler = train_loader.batch_sampler
     first_key = f"Recall@{args.recall[0]}"
-    best = results[first_key]
-    save_atomic(model.state_dict(), save_dir / "best.pth")
-    for epoch in range(1, args.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr, epoch)
-        scheduler.step()
-        results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics)
-        if results[first_key] > best:
-            best = results[first_key]
-            save_atomic(model.state_dict(), save_dir / "best.pth")
-        save_atomic(model.state_dict(), save_dir / "last.pth")
-        write_results(save_dir, best, results[first_key])
-        log_epoch(save_dir, {"epoch": epoch, "loss": loss, "lr": lr, "levels": mdr.levels.tolist(), **results})
-        print("Best Recall@1: %.4f" % best)
+    save_dir.mkdir(parents=True, exist_ok=True)
+
+    def save_checkpoint(epoch: int) -> None:
+        save_atomic({"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "results": results,
+                     "rng": rng_state(sampler)}, save_dir / "checkpoint.pth")
+
+    if args.resume is not None:
+        state = read_weights_file(resume_path(args.resume))
+        load_model_weights(model, resume_path(args.resume))
+        mdr.load_state_dict(state["mdr"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best, results = state["epoch"] + 1, state["best"], state["results"]
+        set_rng_state(state["rng"], sampler)
+        print(f"Resumed from {resume_path(args.resume)} after epoch {state['epoch']}")
+    else:
+        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
+        start, best = 1, results[first_key]
+        save_atomic(model.state_dict(), save_dir / "best.pth")
+        save_checkpoint(0)
+
+    epoch = start - 1
+    try:
+        for epoch in range(start, args.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            stats: dict = {}
+            loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
+                                   epoch, stats)
+            scheduler.step()
+            results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
+            if results[first_key] > best:
+                best = results[first_key]
+                save_atomic(model.state_dict(), save_dir / "best.pth")
+            save_atomic(model.state_dict(), save_dir / "last.pth")
+            save_checkpoint(epoch)
+            write_results(save_dir, best, results[first_key])
+            log_epoch(save_dir, {"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
+                                 "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
+                                 "momented_std": float(mdr.momented_std), **results})
+            print("Best Recall@1: %.4f" % best)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during epoch {epoch}; {save_dir / 'checkpoint.pth'} holds the run after "
+                          f"epoch {epoch - 1} (the partial epoch is dropped so that resuming stays exact); "
+                          f"continue with --resume {save_dir}") from None
+    if embedded:
+        save_embedding_sample(next(iter(embedded.values()))[0], mdr, save_dir)
+    finish_eval(args, embedded, eval_sets, save_dir)
+    if args.plot:
+        for path in plot_run(save_dir):
+            print(f"Plot written to {path}")
     return results
 
 
@@ -256,11 +366,14 @@ def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
     args = get_args_parser(dataset).parse_args(argv)
     try:
         main(args)
+    except Interrupted as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 130
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted before training started; nothing to save", file=sys.stderr)
         return 130
     return 0
 

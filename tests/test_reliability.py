@@ -1,0 +1,173 @@
+"""Resumable runs, atomic checkpoints, safe loading, logs and pictures."""
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import run
+from errors import UserError
+from minidata import make_cub
+from model import build_model
+from model.checkpoint import load_model_weights, read_weights_file, save_atomic
+from tools import plot
+
+SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
+         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
+         "--embedding-size", "32", "--lambda-mdr", "0.6", "--nu-mdr", "0.01", "--lr", "1e-3",
+         "--lr-decay-epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory):
+    return make_cub(tmp_path_factory.mktemp("data"))
+
+
+def _main(argv):
+    return run.main(run.get_args_parser().parse_args(argv))
+
+
+def test_resumed_run_ends_with_the_same_weights(cub_root, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(full), "--epochs", "3"])
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(part), "--epochs", "1"])
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(part), "--epochs", "3", "--resume", str(part)])
+    a = torch.load(full / "last.pth", weights_only=True)
+    b = torch.load(part / "last.pth", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ca, cb = (read_weights_file(d / "checkpoint.pth") for d in (full, part))
+    assert torch.equal(ca["mdr"]["levels"], cb["mdr"]["levels"]) and ca["epoch"] == cb["epoch"] == 3
+    assert bool(cb["mdr"]["initialized"]) and ca["best"] == cb["best"]
+    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"] == 3
+    assert (full / "result.txt").read_text() == (part / "result.txt").read_text()
+    records = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert {"loss", "mdr_loss", "levels", "lr", "Recall@1"} <= set(records[0])
+    assert records[2]["lr"] == pytest.approx(1e-3 * 0.2)
+
+
+def test_atomic_write_survives_a_failure(tmp_path, monkeypatch):
+    target = tmp_path / "best.pth"
+    save_atomic({"w": torch.ones(3)}, target)
+
+    def failing_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        save_atomic({"w": torch.zeros(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pth"]
+
+
+def test_non_finite_loss_stops_with_epoch_and_iteration(cub_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = run.TripletLoss.forward
+
+    def poisoned(self, embeddings, labels):
+        calls["n"] += 1
+        loss = original(self, embeddings, labels)
+        return loss * float("nan") if calls["n"] == 4 else loss  # epoch 2, iteration 1
+
+    monkeypatch.setattr(run.TripletLoss, "forward", poisoned)
+    save = tmp_path / "run"
+    with pytest.raises(run.NonFiniteLoss, match="epoch 2, iteration 1"):
+        _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "3"])
+    assert read_weights_file(save / "checkpoint.pth")["epoch"] == 1
+    for value in torch.load(save / "last.pth", weights_only=True).values():
+        assert torch.isfinite(value.float()).all()
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/mdr_pwned_by_pickle",))
+
+
+def test_malicious_pickle_is_refused_not_executed(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"linear.weight": Exploit()}, f)
+    Path("/tmp/mdr_pwned_by_pickle").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="refused to load"):
+        read_weights_file(path)
+    assert not Path("/tmp/mdr_pwned_by_pickle").exists()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "dataparallel", "full"])
+def test_every_checkpoint_format_loads(tmp_path, wrap):
+    source = build_model("resnet18", embedding_size=16, pretrained=False)
+    state = source.state_dict()
+    if wrap == "dataparallel":
+        state = {"module." + k: v for k, v in state.items()}
+    elif wrap == "full":
+        state = {"model": state, "epoch": 3, "best": 50.0}
+    save_atomic(state, tmp_path / "ckpt.pth")
+    target = build_model("resnet18", embedding_size=16, pretrained=False)
+    load_model_weights(target, tmp_path / "ckpt.pth")
+    assert torch.equal(target.linear.weight, source.linear.weight)
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(cub_root, tmp_path, monkeypatch, capsys):
+    original = run.train_one_epoch
+
+    def interrupt_in_epoch_two(*args, **kwargs):
+        if args[7] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run, "train_one_epoch", interrupt_in_epoch_two)
+    save = tmp_path / "run"
+    code = run.cli(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "3"])
+    assert code == 130
+    assert f"--resume {save}" in capsys.readouterr().err
+    assert read_weights_file(save / "checkpoint.pth")["epoch"] == 1
+    monkeypatch.setattr(run, "train_one_epoch", original)
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "3", "--resume", str(save)])
+    assert read_weights_file(save / "checkpoint.pth")["epoch"] == 3
+
+
+def test_plots_retrieval_grid_and_embeddings(cub_root, tmp_path, capsys):
+    save = tmp_path / "run"
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "2", "--plot",
+                   "--save-retrievals", "4", "--save-embeddings"])
+    for name, min_size in (("curves.png", (1000, 300)), ("mdr_histogram.png", (500, 300)),
+                           ("retrievals.png", (6 * 128, 4 * 128))):
+        with Image.open(save / name) as image:
+            assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1], name
+            assert len(set(image.convert("RGB").getdata())) > 20, f"{name} looks blank"
+    embedded = torch.load(save / "embeddings.pt", weights_only=True)
+    assert embedded["test"]["embeddings"].shape == (12, 32) and embedded["test"]["labels"].shape == (12,)
+    assert plot.main([str(save)]) == 0
+
+
+def test_retrieval_borders_are_green_for_matches(tmp_path):
+    from tools.retrievals import GREEN, RED, TILE, save_retrieval_grid
+    make_cub(tmp_path, classes=2, per_class=2)
+    samples = [(str(p), i // 2) for i, p in enumerate(sorted((tmp_path / "CUB_200_2011" / "images").rglob("*.jpg")))]
+    emb = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    labels = torch.tensor([0, 0, 1, 1])
+    out = save_retrieval_grid((emb, labels), samples, (emb, labels), samples, 4, tmp_path / "g.png", k=2,
+                              exclude_self=True)
+    with Image.open(out) as grid:
+        first = grid.getpixel((TILE + 6 + 2, 2))  # border of the first retrieval of query 0 (its class mate)
+        second = grid.getpixel((2 * TILE + 6 + 2, 2))  # second retrieval: the other class
+    assert first == GREEN and second == RED
+
+
+def test_eval_prints_a_table_of_every_metric(cub_root, capsys):
+    results = _main(SMALL + ["--mode", "eval", "--data", str(cub_root), "--recall", "1", "2",
+                             "--metrics", "recall", "map_r", "nmi"])
+    out = capsys.readouterr().out
+    for name in ("Recall@1", "Recall@2", "MAP@R", "R-Precision", "NMI"):
+        assert name in results and f"\n{name}" in out
+
+
+def test_plot_tool_needs_a_run_dir(tmp_path, capsys):
+    assert plot.main([str(tmp_path)]) == 1
+    assert "metrics.jsonl not found" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Command-line helpers around runs: plots and retrieval grids."""

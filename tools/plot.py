@@ -1,0 +1,117 @@
+"""Training curves and the MDR distance histogram of a run directory.
+
+    python -m tools.plot RUN_DIR
+
+Reads RUN_DIR/metrics.jsonl (and RUN_DIR/mdr_distances.pt when present) and
+writes RUN_DIR/curves.png and RUN_DIR/mdr_histogram.png.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from errors import UserError
+from metric.distance import off_diagonal, pdist
+
+SAMPLE = 1000
+
+
+def mdr_distance_sample(embeddings: torch.Tensor, momented_mean: float, momented_std: float,
+                        seed: int = 0) -> torch.Tensor:
+    """Normalised off-diagonal distances (as MDR sees them) of up to 1000 of the (N, D) embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(embeddings), generator=g)[:SAMPLE]
+    dist = off_diagonal(pdist(embeddings.float().cpu()[pick]))
+    return (dist - momented_mean) / momented_std
+
+
+def save_embedding_sample(embeddings: torch.Tensor, mdr, save_dir: Path) -> Path:
+    """Write the normalised distance sample and the MDR levels for the histogram."""
+    from model.checkpoint import save_atomic
+    path = save_dir / "mdr_distances.pt"
+    save_atomic({"distances": mdr_distance_sample(embeddings, float(mdr.momented_mean), float(mdr.momented_std)),
+                 "levels": mdr.levels.detach().cpu()}, path)
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path} not found; plot a --save-dir of a run that finished at least one epoch")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict], out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    recall_keys = [k for k in records[0] if k.startswith("Recall@")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(epochs, [r["loss"] for r in records], label="triplet loss")
+    axes[0].plot(epochs, [r["mdr_loss"] for r in records], label="MDR term")
+    axes[0].set_title("loss")
+    for key in recall_keys:
+        axes[1].plot(epochs, [r[key] for r in records], label=key)
+    axes[1].set_title("recall (%)")
+    levels = list(zip(*[r["levels"] for r in records]))
+    for i, series in enumerate(levels):
+        axes[2].plot(epochs, series, label=f"level {i + 1}")
+    axes[2].set_title("MDR levels")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_histogram(sample: dict, out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(sample["distances"].numpy(), bins=100, color="steelblue", alpha=0.8)
+    for i, level in enumerate(sample["levels"].tolist()):
+        ax.axvline(level, color="crimson", linestyle="--", label="levels" if i == 0 else None)
+    ax.set_xlabel("normalised pairwise distance")
+    ax.set_ylabel("pairs")
+    ax.set_title("Pairwise distances of test embeddings and the MDR levels")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write curves.png (and mdr_histogram.png when the sample exists) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    written = [plot_curves(read_metrics(run_dir), run_dir / "curves.png")]
+    sample_path = run_dir / "mdr_distances.pt"
+    if sample_path.is_file():
+        written.append(plot_histogram(torch.load(sample_path, weights_only=True), run_dir / "mdr_histogram.png"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a --save-dir of run.py")
+    args = parser.parse_args(argv)
+    try:
+        for path in plot_run(args.run_dir):
+            print(path)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
