@@ -354,7 +354,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                           f"epoch {epoch - 1} (the partial epoch is dropped so that resuming stays exact); "
                           f"continue with --resume {save_dir}") from None
     if embedded:
-        save_embedding_sample(next(iter(embedded.values()))[0], mdr, save_dir)
+        save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
     finish_eval(args, embedded, eval_sets, save_dir)
     if args.plot:
         for path in plot_run(save_dir):

@@ -14,25 +14,32 @@ import torch
 
 from errors import UserError
 from metric.distance import off_diagonal, pdist
+from model.checkpoint import save_atomic
 
 SAMPLE = 1000
 
 
 def mdr_distance_sample(embeddings: torch.Tensor, momented_mean: float, momented_std: float,
-                        seed: int = 0) -> torch.Tensor:
-    """Normalised off-diagonal distances (as MDR sees them) of up to 1000 of the (N, D) embeddings."""
+                        mean_scaled: bool, seed: int = 0) -> torch.Tensor:
+    """Normalised off-diagonal distances, as MDR sees them, of up to 1000 of the (N, D) eval embeddings.
+
+    ``mean_scaled``: the head divides training outputs by their mean pairwise
+    distance (the default head, not --l2norm), so the sample is scaled the same
+    way before the running mean and std are applied.
+    """
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(embeddings), generator=g)[:SAMPLE]
     dist = off_diagonal(pdist(embeddings.float().cpu()[pick]))
+    if mean_scaled:
+        dist = dist / dist.mean()
     return (dist - momented_mean) / momented_std
 
 
-def save_embedding_sample(embeddings: torch.Tensor, mdr, save_dir: Path) -> Path:
+def save_embedding_sample(embeddings: torch.Tensor, mdr, mean_scaled: bool, save_dir: Path) -> Path:
     """Write the normalised distance sample and the MDR levels for the histogram."""
-    from model.checkpoint import save_atomic
     path = save_dir / "mdr_distances.pt"
-    save_atomic({"distances": mdr_distance_sample(embeddings, float(mdr.momented_mean), float(mdr.momented_std)),
-                 "levels": mdr.levels.detach().cpu()}, path)
+    sample = mdr_distance_sample(embeddings, float(mdr.momented_mean), float(mdr.momented_std), mean_scaled)
+    save_atomic({"distances": sample, "levels": mdr.levels.detach().cpu()}, path)
     return path
 
 
