@@ -317,7 +317,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     if args.resume is not None:
         state = read_weights_file(resume_path(args.resume))
-        load_model_weights(model, resume_path(args.resume))
+        load_model_weights(model, resume_path(args.resume), state)
         mdr.load_state_dict(state["mdr"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

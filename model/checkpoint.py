@@ -68,9 +68,12 @@ def mismatches(model: nn.Module, state: dict, show: int = 5) -> list[str]:
     return out
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> None:
-    """Load the weights at ``path`` into ``model`` strictly, or raise listing the first mismatches."""
-    state = model_state(read_weights_file(path))
+def load_model_weights(model: nn.Module, path: str | Path, checkpoint: dict | None = None) -> None:
+    """Load the weights at ``path`` (or its already read ``checkpoint``) into ``model`` strictly.
+
+    Raises listing the first mismatches when keys or shapes differ.
+    """
+    state = model_state(read_weights_file(path) if checkpoint is None else checkpoint)
     problems = mismatches(model, state)
     if problems:
         raise UserError(f"checkpoint {path} does not fit this model (check --backbone, --embedding-size, "
