@@ -124,10 +124,11 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
+                links = {info.filename: _zip_link_target(zf, info) for info in zf.infolist()}
                 for info in zf.infolist():
-                    _check_member(dest, info.filename, _zip_link_target(zf, info))
+                    _check_member(dest, info.filename, links[info.filename])
                 for info in zf.infolist():
-                    if _zip_link_target(zf, info) is None:
+                    if links[info.filename] is None:
                         zf.extract(info, dest)
             return dest
         with tarfile.open(archive) as tf:

@@ -50,11 +50,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: list[dict], out: Path) -> Path:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported only when a plot is drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
+
+def plot_curves(records: list[dict], out: Path) -> Path:
+    plt = _pyplot()
     epochs = [r["epoch"] for r in records]
     recall_keys = [k for k in records[0] if k.startswith("Recall@")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -79,10 +84,7 @@ def plot_curves(records: list[dict], out: Path) -> Path:
 
 
 def plot_histogram(sample: dict, out: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(sample["distances"].numpy(), bins=100, color="steelblue", alpha=0.8)
     for i, level in enumerate(sample["levels"].tolist()):
