@@ -89,6 +89,10 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--save-retrievals", type=int, default=0, metavar="N",
                    help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
     p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="decode and resize every image once into DIR and reuse it (identical results, faster)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision for the network (bf16, or fp16 with loss scaling); losses stay float32")
     return p
 
 
@@ -109,12 +113,33 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Asynchronous copy of an image batch; channels_last on CUDA, where convolutions prefer it."""
+    if device.type == "cuda":
+        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return images.to(device)
+
+
+def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """(autocast dtype, grad scaler) for --amp: bf16 where supported (no scaler needed), else fp16 with a scaler."""
+    if not enabled:
+        return None, None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "mps":
+        return torch.float16, None
+    return torch.bfloat16, None
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
-                    stats: dict | None = None) -> float:
+                    stats: dict | None = None, amp_dtype: torch.dtype | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
+    ``amp_dtype`` runs the network under autocast; the embeddings, the losses
+    and the MDR statistics stay float32. ``scaler`` scales fp16 gradients.
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -126,8 +151,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     losses, regs = [], []
     progress = tqdm(loader, ncols=80)
     for iteration, (images, labels) in enumerate(progress):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        embedding = model(images)
+        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            embedding = model(images)
+        embedding = embedding.float()
         loss_triplet = criterion(embedding, labels)
         loss_mdr = mdr.regularizer(embedding, lambda_mdr, nu_mdr)
         loss = loss_triplet + loss_mdr
@@ -135,8 +162,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch}, iteration {iteration}; "
                                 "the last good checkpoint is kept; lower --lr or check the data")
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, loss_triplet.item(),
                                                                              loss_mdr.item()))
         losses.append(loss_triplet.item())
@@ -155,7 +187,7 @@ def extract(model: nn.Module, loader: DataLoader, desc: str) -> tuple[torch.Tens
     model.eval()
     embeddings, labels = [], []
     for images, batch_labels in tqdm(loader, ncols=80, desc=desc):
-        embeddings.append(model(images.to(device, non_blocking=True)).float())
+        embeddings.append(model(to_device(images, device)).float())
         labels.append(batch_labels.to(device))
     return torch.cat(embeddings), torch.cat(labels)
 
@@ -198,7 +230,7 @@ def build_datasets(args: argparse.Namespace) -> tuple:
     """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms."""
     train_tf, test_tf = build_transforms(args.backbone, args.image_size)
     cls = DATASETS[args.dataset]
-    kwargs = {"download": args.download}
+    kwargs = {"download": args.download, "cache_dir": args.cache_dir}
     if args.dataset == "folder":
         kwargs["train_classes"] = args.train_classes
     eval_splits = ("query", "gallery") if args.dataset == "inshop" else ("test",)
@@ -283,6 +315,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     device = select_device(args.device)
     pretrained = args.pretrained if args.load is None and args.resume is None else False
     model = build_model(args.backbone, args.embedding_size, args.l2norm, pretrained).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
     if args.load is not None:
         load_model_weights(model, args.load)
         print("Loaded Model from %s" % args.load)
@@ -307,6 +342,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                   {"params": mdr.parameters(), "lr": args.lr}], weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
+    amp_dtype, scaler = amp_settings(args.amp, device)
     first_key = f"Recall@{args.recall[0]}"
     save_dir.mkdir(parents=True, exist_ok=True)
 
@@ -336,7 +372,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             lr = optimizer.param_groups[0]["lr"]
             stats: dict = {}
             loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats)
+                                   epoch, stats, amp_dtype, scaler)
             scheduler.step()
             results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
             if results[first_key] > best:

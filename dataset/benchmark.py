@@ -35,7 +35,7 @@ class Benchmark(ImageList):
     splits: tuple[str, ...] = ("train", "test")
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
-                 download: bool = False):
+                 download: bool = False, cache_dir: str | Path | None = None):
         if split not in self.splits:
             raise UserError(f"{type(self).__name__} has no split {split!r}; choose one of {', '.join(self.splits)}")
         self.root = Path(root)
@@ -51,7 +51,7 @@ class Benchmark(ImageList):
         if not samples:
             raise UserError(f"the {split} split of {type(self).__name__} under {self.base} is empty")
         check_files_exist(self.base, samples, self.how_to_get())
-        super().__init__(samples, transform)
+        super().__init__(samples, transform, cache_dir, cache_name=f"{type(self).__name__}-{split}")
 
     def is_complete(self) -> bool:
         return all((self.base / name).exists() for name in self.required)

@@ -11,7 +11,7 @@ class Folder(ImageList):
     """Classes sorted by name: the first ``train_classes`` (default: half) train, the rest test."""
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
-                 download: bool = False, train_classes: int | None = None):
+                 download: bool = False, train_classes: int | None = None, cache_dir: str | Path | None = None):
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"image folder {root} not found; pass --data DIR with one sub-folder per class")
@@ -26,4 +26,4 @@ class Folder(ImageList):
         samples = folder_samples(chosen, 0 if split == "train" else cut)
         if not samples:
             raise UserError(f"no images found in the {split} classes of {root}")
-        super().__init__(samples, transform)
+        super().__init__(samples, transform, cache_dir, cache_name=f"Folder-{root.name}-{split}")

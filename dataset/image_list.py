@@ -3,27 +3,39 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from dataset import cache
+from dataset.decode import load_rgb
 
 from errors import UserError
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """The image at ``path`` as RGB; a clear error naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        raise UserError(f"cannot decode image {path}: {exc}; replace or remove this file") from exc
-
-
 class ImageList(Dataset):
-    """Indexing returns (transformed image, int label); ``.samples`` lists (path, label)."""
+    """Indexing returns (transformed image, int label); ``.samples`` lists (path, label).
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None):
+    With ``cache_dir``, the first (resize) step of ``transform`` is served from
+    a decode-once cache named ``cache_name`` (see ``dataset.cache``) and only
+    the remaining steps run per sample; outputs are bit-identical.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
+                 cache_dir: str | Path | None = None, cache_name: str = "images"):
         self.samples = list(samples)
         self.transform = transform
+        self.cache_path = None
+        self._cache = None
+        if cache_dir is not None:
+            side = cache.cached_resize_side(transform)
+            self.cache_path = cache.prepare(self.samples, side, cache_dir, cache_name)
+            self.after_cache = T.Compose(transform.transforms[1:])
+            cache.open_cache(self.cache_path, len(self.samples))
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = None  # each worker maps the file itself instead of receiving a copy
+        return state
 
     @property
     def labels(self) -> list[int]:
@@ -34,6 +46,10 @@ class ImageList(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
+        if self.cache_path is not None:
+            if self._cache is None:
+                self._cache = cache.open_cache(self.cache_path, len(self.samples))
+            return self.after_cache(cache.image_at(self._cache, index)), label
         image = load_rgb(path)
         return (self.transform(image) if self.transform else image), label
 

@@ -1,5 +1,7 @@
 """The authors' image transforms: LANCZOS resize to 256, random or center crop to 224."""
+import numpy as np
 import torch
+from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -14,15 +16,42 @@ def resize_size(image_size: int) -> int:
     return image_size * 256 // 224
 
 
-def _to_bgr255(x: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) RGB in [0, 1] -> BGR in [0, 255]."""
-    return x[[2, 1, 0]] * 255
+class ToNormalizedTensor:
+    """PIL RGB image -> (3, H, W) float32 tensor with the backbone's normalisation.
+
+    Bit-identical to ``ToTensor`` followed by the authors' BGR x255 step and
+    ``Normalize`` (the same float operations in the same order; a division by
+    a std of 1 is exact and skipped), without their intermediate copies.
+    """
+
+    def __init__(self, bgr255: bool, mean: tuple, std: tuple):
+        self.bgr255 = bgr255
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = None if all(v == 1.0 for v in std) else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)
+        if self.bgr255:
+            x = x[[2, 1, 0]].mul_(255)
+        x = x.sub_(self.mean)
+        return x.div_(self.std) if self.std is not None else x.contiguous()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bgr255={self.bgr255}, mean={self.mean.flatten().tolist()})"
 
 
-def normalization(backbone: str) -> T.Compose:
-    """ToTensor and the backbone's normalisation: BGR x255 minus (104, 117, 128) for BN-Inception."""
+def normalization(backbone: str) -> ToNormalizedTensor:
+    """The backbone's normalisation: BGR x255 minus (104, 117, 128) for BN-Inception, ImageNet mean/std else."""
     if backbone == "bninception":
-        return T.Compose([T.ToTensor(), T.Lambda(_to_bgr255), T.Normalize(BNINCEPTION_MEAN, (1.0, 1.0, 1.0))])
+        return ToNormalizedTensor(True, BNINCEPTION_MEAN, (1.0, 1.0, 1.0))
+    return ToNormalizedTensor(False, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def authors_normalization(backbone: str) -> T.Compose:
+    """The authors' chain (ToTensor, BGR x255, Normalize), kept as the baseline of tests and benches."""
+    if backbone == "bninception":
+        bgr = T.Lambda(lambda x: x[[2, 1, 0]] * 255)
+        return T.Compose([T.ToTensor(), bgr, T.Normalize(BNINCEPTION_MEAN, (1.0, 1.0, 1.0))])
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 

@@ -21,9 +21,11 @@ class Embedding(nn.Module):
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         """(N, feature_size) features -> (N, embedding_size) embeddings."""
         embedding = self.linear(feat)
-        if self.training:
+        if not self.training:
+            return embedding
+        with torch.autocast(embedding.device.type, enabled=False):  # distances stay float32 under --amp
+            embedding = embedding.float()
             return embedding / off_diagonal(pdist(embedding)).mean()
-        return embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.base(x).flatten(1))
@@ -33,4 +35,6 @@ class L2NormEmbedding(Embedding):
     """Linear head whose output is always L2-normalised."""
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.linear(feat), dim=1, p=2)
+        embedding = self.linear(feat)
+        with torch.autocast(embedding.device.type, enabled=False):  # normalised in float32 under --amp
+            return F.normalize(embedding.float(), dim=1, p=2)

@@ -45,3 +45,11 @@ def test_train_transform_pixels_with_same_seeds(norm):
     torch.manual_seed(REF[f"train_{norm}"][0]["torch_seed"])
     torch.testing.assert_close(train(_images()[0]), REF[f"train_{norm}_float0"], rtol=1e-5, atol=1e-2)
 
+
+
+@pytest.mark.parametrize("backbone", ["bninception", "resnet50"])
+def test_fast_normalisation_is_bit_identical_to_the_authors_chain(backbone):
+    from dataset.transforms import authors_normalization, normalization
+    for image in _images():
+        cropped = T.CenterCrop(224)(image)
+        assert torch.equal(normalization(backbone)(cropped), authors_normalization(backbone)(cropped))

@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from dataset.image_list import load_rgb
+from dataset.decode import load_rgb
 
 TILE = 128
 BORDER = 6
