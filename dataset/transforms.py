@@ -30,11 +30,14 @@ class ToNormalizedTensor:
         self.std = None if all(v == 1.0 for v in std) else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)
+        chw = np.asarray(image).transpose(2, 0, 1)
         if self.bgr255:
-            x = x[[2, 1, 0]].mul_(255)
+            chw = chw[::-1]  # reordering channels before the float steps changes no value
+        x = torch.from_numpy(np.ascontiguousarray(chw)).float().div_(255)
+        if self.bgr255:
+            x = x.mul_(255)
         x = x.sub_(self.mean)
-        return x.div_(self.std) if self.std is not None else x.contiguous()
+        return x.div_(self.std) if self.std is not None else x
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bgr255={self.bgr255}, mean={self.mean.flatten().tolist()})"

@@ -1,0 +1,194 @@
+"""Training throughput: the data pipeline (authors' chain, uncached, cached) and training iterations.
+
+    python bench/train_speed.py [--images 200] [--batch 128] [--iters 10]
+
+Data pipeline: images/s of the train transform over the same generated 500x375
+JPEG files, one process with one thread (per core), and with a 2-worker DataLoader.
+Outputs of all three are checked to be identical for the same torch seeds.
+Training: BN-Inception iterations on the current device: fp32, and AMP where CUDA
+is present; then one epoch end to end through the cached loader.
+"""
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import run  # noqa: E402
+from dataset.image_list import ImageList  # noqa: E402
+from dataset.sampler import PKSampler  # noqa: E402
+from dataset.transforms import authors_normalization, build_transforms  # noqa: E402
+from loss.mdr import MDRLoss  # noqa: E402
+from loss.sampler import DistanceWeighted  # noqa: E402
+from loss.triplet import TripletLoss  # noqa: E402
+from model import build_model  # noqa: E402
+
+
+def make_jpegs(folder: Path, count: int, classes: int = 20) -> list[tuple[str, int]]:
+    """Photo-like 500x375 JPEGs: smooth colour gradients plus noise, quality 90."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:375, 0:500]
+    samples = []
+    for i in range(count):
+        a, b, c = rng.uniform(0.2, 1.0, 3)
+        base = np.stack([xx * a / 2, yy * b / 1.5, (xx + yy) * c / 3.5], axis=-1)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        samples.append((str(path), i % classes))
+    return samples
+
+
+class AuthorsChain(torch.utils.data.Dataset):
+    """The authors' per-sample work: decode, then torchvision's full train transform."""
+
+    def __init__(self, samples, backbone: str):
+        train, _ = build_transforms(backbone)
+        self.samples = samples
+        self.transform = T.Compose(train.transforms[:-1] + [authors_normalization(backbone)])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        with Image.open(self.samples[i][0]) as img:
+            return self.transform(img.convert("RGB")), self.samples[i][1]
+
+
+def per_core(dataset, passes: int = 3) -> float:
+    """Images/s of indexing every sample in this process: the median of ``passes`` passes."""
+    torch.manual_seed(0)
+    rates = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        for i in range(len(dataset)):
+            dataset[i]
+        rates.append(len(dataset) / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def with_loader(dataset, workers: int) -> float:
+    loader = DataLoader(dataset, batch_size=32, num_workers=workers, shuffle=False)
+    next(iter(loader))  # start-up is not throughput
+    start = time.perf_counter()
+    count = sum(len(labels) for _, labels in loader)
+    return count / (time.perf_counter() - start)
+
+
+def identical(datasets, seeds=(1, 2, 3)) -> bool:
+    for seed in seeds:
+        outs = []
+        for ds in datasets:
+            torch.manual_seed(seed)
+            outs.append(ds[seed][0])
+        if not all(torch.equal(outs[0], o) for o in outs[1:]):
+            return False
+    return True
+
+
+def train_speed(device: torch.device, batch: int, iters: int, amp: bool) -> float:
+    model = build_model("bninception", pretrained=False).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    mdr = MDRLoss().to(device)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(mdr.parameters()), lr=1e-5, weight_decay=1e-5)
+    amp_dtype, scaler = run.amp_settings(amp, device)
+    images = torch.randn(batch, 3, 224, 224)
+    labels = torch.arange(batch) // 4
+    batches = [(images, labels)] * iters
+    criterion = TripletLoss(sampler=DistanceWeighted())
+    run.train_one_epoch(model, batches[:2], optimizer, criterion, mdr, 0.6, 0.01, amp_dtype=amp_dtype, scaler=scaler)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run.train_one_epoch(model, batches, optimizer, criterion, mdr, 0.6, 0.01, amp_dtype=amp_dtype, scaler=scaler)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * iters / (time.perf_counter() - start)
+
+
+def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int, amp: bool) -> float:
+    train_tf, _ = build_transforms("bninception")
+    dataset = ImageList(samples, train_tf, cache_dir=cache_dir, cache_name="bench-train")
+    sampler = PKSampler(dataset.labels, batch, 4, iters, seed=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0)
+    model = build_model("bninception", pretrained=False).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    mdr = MDRLoss().to(device)
+    optimizer = torch.optim.Adam(list(model.parameters()) + list(mdr.parameters()), lr=1e-5, weight_decay=1e-5)
+    amp_dtype, scaler = run.amp_settings(amp, device)
+    start = time.perf_counter()
+    run.train_one_epoch(model, loader, optimizer, TripletLoss(sampler=DistanceWeighted()), mdr, 0.6, 0.01,
+                        amp_dtype=amp_dtype, scaler=scaler)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * iters / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default 128 on CUDA, 16 on CPU)")
+    parser.add_argument("--iters", type=int, default=None, help="training iterations (default 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    args = parser.parse_args()
+    device = run.select_device("auto")
+    cuda = device.type == "cuda"
+    batch = args.batch or (128 if cuda else 16)
+    iters = args.iters or (20 if cuda else 3)
+    print(f"torch {torch.__version__}, device {device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, {os.cpu_count()} CPUs")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "img").mkdir()
+        samples = make_jpegs(tmp / "img", args.images)
+        train_tf, _ = build_transforms("bninception")
+        authors = AuthorsChain(samples, "bninception")
+        uncached = ImageList(samples, train_tf)
+        start = time.perf_counter()
+        cached = ImageList(samples, train_tf, cache_dir=tmp / "cache", cache_name="bench")
+        build_s = time.perf_counter() - start
+
+        torch.set_num_threads(1)
+        rates = {"authors' chain": per_core(authors), "project, uncached": per_core(uncached),
+                 "project, cached": per_core(cached)}
+        print(f"\nData pipeline, {args.images} JPEGs of 500x375, BN-Inception train transform, one core:")
+        baseline = rates["authors' chain"]
+        for name, rate in rates.items():
+            print(f"  {name:<18} {rate:8.1f} images/s   {rate / baseline:5.2f}x the authors' chain")
+        print(f"  outputs identical for the same torch seeds: {identical([authors, uncached, cached])}")
+        print(f"  cache build: {build_s:.1f} s for {args.images} images ({args.images / build_s:.0f} images/s, "
+              f"{os.cpu_count()} workers)")
+        torch.set_num_threads(os.cpu_count() or 1)
+        workers = min(2, os.cpu_count() or 1)
+        a, c = with_loader(authors, workers), with_loader(cached, workers)
+        print(f"  DataLoader, {workers} workers: authors' chain {a:.1f} images/s, cached {c:.1f} images/s "
+              f"({c / a:.2f}x)")
+
+        print(f"\nTraining iterations, BN-Inception, batch {batch}, 224x224, {iters} iterations on {device}:")
+        fp32 = train_speed(device, batch, iters, amp=False)
+        print(f"  fp32: {fp32:8.1f} images/s")
+        if cuda:
+            amp = train_speed(device, batch, iters, amp=True)
+            print(f"  AMP ({run.amp_settings(True, device)[0]}): {amp:8.1f} images/s   {amp / fp32:.2f}x fp32")
+        e2e = epoch_speed(device, samples, tmp / "cache", batch, iters, args.workers, amp=cuda)
+        print(f"  end to end through the cached loader ({args.workers} workers{', AMP' if cuda else ''}): "
+              f"{e2e:8.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
