@@ -89,7 +89,7 @@ def prepare(samples: Samples, side: int, cache_dir: str | Path, name: str, worke
     """The path of the valid cache for ``samples``, built on first use."""
     path = Path(cache_dir) / f"{name}-{side}px-{cache_key(samples, side)}.npy"
     if not path.is_file():
-        build(samples, side, path, os.cpu_count() or 1 if workers is None else workers)
+        build(samples, side, path, (os.cpu_count() or 1) if workers is None else workers)
     return path
 
 
