@@ -93,6 +93,9 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="decode and resize every image once into DIR and reuse it (identical results, faster)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision for the network (bf16, or fp16 with loss scaling); losses stay float32")
+    p.add_argument("--deterministic", action="store_true",
+                   help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
+                        "cudnn.benchmark off (slower; see README)")
     return p
 
 
@@ -111,6 +114,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """cudnn autotuning for speed on CUDA, or, with ``deterministic``, only repeatable algorithms.
+
+    Deterministic mode sets CUBLAS_WORKSPACE_CONFIG (cuBLAS reads it when it
+    starts), ``torch.use_deterministic_algorithms(True)`` and turns cudnn's
+    benchmark off, so the same seed gives the same weights on the same machine.
+    """
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -245,7 +262,7 @@ def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: 
     train_loader = None
     if train_set is not None:
         sampler = PKSampler(train_set.labels, args.batch, args.num_image_per_class, args.iter_per_epoch,
-                            seed=args.seed)
+                            seed=args.seed, class_order=train_set.class_order)
         train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
     eval_loaders = {name: DataLoader(ds, batch_size=args.eval_batch, shuffle=False, **common)
                     for name, ds in eval_sets.items()}
@@ -314,9 +331,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     seed_everything(args.seed)
     device = select_device(args.device)
     pretrained = args.pretrained if args.load is None and args.resume is None else False
+    configure_backends(device, args.deterministic)
     model = build_model(args.backbone, args.embedding_size, args.l2norm, pretrained).to(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     if args.load is not None:
         load_model_weights(model, args.load)

@@ -41,6 +41,11 @@ class ImageList(Dataset):
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    @property
+    def class_order(self) -> list[int]:
+        """Class ids in the order of the authors' ``class_to_idx``: sorted, as ImageFolder lists them."""
+        return sorted(set(self.labels))
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -21,6 +21,11 @@ class InShop(Benchmark):
         return (f"In-Shop must be downloaded by hand: put img.zip (from {IMG_FOLDER}) and "
                 f"list_eval_partition.txt (from {LIST_FOLDER}) into {self.base}; img.zip is extracted for you")
 
+    @property
+    def class_order(self) -> list[int]:
+        """Item ids in the order they first appear in list_eval_partition.txt, as the authors' class_to_idx."""
+        return list(dict.fromkeys(self.labels))
+
     def read_split(self, split: str) -> list[tuple[str, int]]:
         rows = read_rows(self.base / "list_eval_partition.txt", skip=2, columns=3)
         chosen = [(path, item) for path, item, status in rows if status == split]

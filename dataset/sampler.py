@@ -1,40 +1,44 @@
-"""P x K batch sampler: a fresh class order per batch, K random images per class."""
+"""P x K batch sampler that draws exactly the batches of the authors' ``MImagesPerClassSampler``."""
 import random
 from collections import defaultdict
 from typing import Iterator, Sequence
 
+from errors import UserError
+
 
 class PKSampler:
-    """Yields ``iter_per_epoch`` batches of dataset indices.
+    """Yields ``iter_per_epoch`` batches of dataset indices, seed for seed the original's.
 
-    Each batch visits the classes in a fresh random order and takes
-    ``images_per_class`` random images of each (all of them if the class has
-    fewer) until it holds ``batch_size`` indices; the batch is cut to that size.
-    The sampler owns its random generator, so its state can be saved and resumed.
+    Per batch: ``rng.sample(class_order, k=len(class_order))`` gives a fresh
+    class order; then, class after class, ``rng.sample(indices_of_class,
+    k=min(images_per_class, n))`` until the batch holds ``batch_size`` indices,
+    cut to that size. ``indices_of_class`` lists the class's dataset indices in
+    dataset order. The original made the same calls on Python's global
+    ``random`` seeded with ``--seed``; a private ``random.Random(seed)`` gives
+    the same stream and can be saved and resumed.
+
+    ``class_order`` is the order of the original's ``class_to_idx`` values
+    (each dataset's ``.class_order``); None means the sorted class ids.
     """
 
     def __init__(self, labels: Sequence[int], batch_size: int, images_per_class: int,
-                 iter_per_epoch: int, seed: int = 0):
+                 iter_per_epoch: int, seed: int = 0, class_order: Sequence[int] | None = None):
         if batch_size < 2 or images_per_class < 1 or iter_per_epoch < 1:
-            raise ValueError(f"need batch >= 2, images per class >= 1 and iterations >= 1, got "
-                             f"{batch_size}, {images_per_class}, {iter_per_epoch}")
+            raise UserError(f"need --batch >= 2, --num-image-per-class >= 1 and --iter-per-epoch >= 1, got "
+                            f"{batch_size}, {images_per_class}, {iter_per_epoch}")
         self.batch_size = batch_size
         self.images_per_class = images_per_class
         self.iter_per_epoch = iter_per_epoch
         self.rng = random.Random(seed)
-        by_class = defaultdict(list)
-        for index, label in enumerate(labels):
-            by_class[int(label)].append(index)
-        self.indices_by_class = dict(sorted(by_class.items()))
+        self.indices_by_class = indices_by_class(labels)
+        self.class_order = checked_class_order(class_order, self.indices_by_class)
 
     def __len__(self) -> int:
         return self.iter_per_epoch
 
     def _batch(self) -> list[int]:
-        classes = list(self.indices_by_class)
-        self.rng.shuffle(classes)
         batch: list[int] = []
-        for c in classes:
+        for c in self.rng.sample(self.class_order, k=len(self.class_order)):
             members = self.indices_by_class[c]
             batch += self.rng.sample(members, k=min(self.images_per_class, len(members)))
             if len(batch) >= self.batch_size:
@@ -50,3 +54,22 @@ class PKSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.setstate(state["rng"])
+
+
+def indices_by_class(labels: Sequence[int]) -> dict[int, list[int]]:
+    """{class id: its dataset indices in dataset order}."""
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[int(label)].append(index)
+    return dict(by_class)
+
+
+def checked_class_order(class_order: Sequence[int] | None, by_class: dict[int, list[int]]) -> list[int]:
+    """``class_order`` as a list, or the sorted class ids; it must name every class exactly once."""
+    if class_order is None:
+        return sorted(by_class)
+    order = [int(c) for c in class_order]
+    if len(order) != len(by_class) or set(order) != set(by_class):
+        raise ValueError(f"class_order must list each of the {len(by_class)} class ids once; got {len(order)} "
+                         f"entries, {len(set(order) ^ set(by_class))} differing from the labels")
+    return order

@@ -71,10 +71,11 @@ def make_sop(root: Path, classes: int = 6, per_class: int = 3) -> Path:
     return root
 
 
-def make_inshop(root: Path, items: int = 6, per_item: int = 4) -> Path:
+def make_inshop(root: Path, items: int = 6, per_item: int = 4, order: list[int] | None = None) -> Path:
+    """``root/Inshop/list_eval_partition.txt`` and ``img/``; items listed in ``order`` (default 1..items)."""
     base = root / "Inshop"
     rows = []
-    for item in range(1, items + 1):
+    for item in order or range(1, items + 1):
         for i in range(per_item):
             rel = f"img/WOMEN/Dresses/id_{item:08d}/{i:02d}_1_front.jpg"
             write(base / rel, jpeg_bytes(item * 100 + i))
