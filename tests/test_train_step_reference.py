@@ -1,4 +1,13 @@
-"""run.train_one_epoch makes the authors' parameter updates, step for step (train_step.pt)."""
+"""run.train_one_epoch makes the authors' parameter updates, step for step (train_step.pt).
+
+Parameters are compared by their update from the common initial model. Adam
+moves an element by about lr per step whatever the size of its gradient, so an
+element whose gradient is at rounding level may move either way depending on
+the CPU's kernels; the reference was made on another machine. Each tensor's
+update must therefore match the reference's within 5% of its norm (running the
+MDR case against the triplet reference gives 77-85%), and no element may differ
+by more than Adam's bound of 2 lr per step.
+"""
 import pytest
 import torch
 
@@ -13,11 +22,15 @@ from run import train_one_epoch
 REF = load("train_step")
 
 
+def _initial_model(case):
+    torch.manual_seed(0)
+    return fill_model(build_model(REF["backbone"], embedding_size=REF["embedding_size"],
+                                  l2norm=case["l2norm"], pretrained=False))
+
+
 def _run_case(name):
     case = REF["cases"][name]
-    torch.manual_seed(0)
-    model = fill_model(build_model(REF["backbone"], embedding_size=REF["embedding_size"],
-                                   l2norm=case["l2norm"], pretrained=False))
+    model = _initial_model(case)
     mdr = MDRLoss()
     criterion = TripletLoss(margin=REF["margin"], sampler=HardNegative())
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": REF["lr"]},
@@ -33,9 +46,15 @@ def _run_case(name):
 def test_two_iterations_match_authors_loop(name):
     case, model, mdr, losses = _run_case(name)
     torch.testing.assert_close(torch.tensor(losses), case["triplet_losses"], rtol=1e-4, atol=1e-6)
-    state = model.state_dict()
+    state, initial = model.state_dict(), _initial_model(case).state_dict()
+    adam_bound = 2 * REF["lr"] * len(REF["batches"])
     for key, expected in case["final"].items():
-        torch.testing.assert_close(state[key], expected, rtol=1e-3, atol=1e-6, msg=f"{name}: {key}")
+        if not expected.is_floating_point() or "running" in key:
+            assert torch.equal(state[key], expected), f"{name}: {key}"
+            continue
+        ours, theirs = state[key] - initial[key], expected - initial[key]
+        assert float((ours - theirs).norm() / theirs.norm()) < 0.05, f"{name}: {key}"
+        assert float((state[key] - expected).abs().max()) <= adam_bound, f"{name}: {key}"
     torch.testing.assert_close(mdr.levels.detach(), case["levels"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mdr.momented_mean, case["momented_mean"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(mdr.momented_std, case["momented_std"], rtol=1e-4, atol=1e-6)
