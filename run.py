@@ -4,9 +4,10 @@
     python run.py --mode eval --dataset cub200 --load cub200.pth --recall 1 2 4 8
 """
 import argparse
-import json
+import math
 import os
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -20,6 +21,10 @@ from dataset import DATASETS
 from dataset.sampler import PKSampler
 from dataset.transforms import build_transforms
 from errors import UserError
+from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
+from experiment.resume import check_resume, run_flags
+from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, legacy_history, lock_dir, read_checkpoint,
+                                resume_checkpoint, selection_key, write_outputs)
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from loss.triplet import TripletLoss
@@ -28,7 +33,7 @@ from metric.nmi import nmi
 from metric.recall import recall_at_k, recall_at_k_query_gallery
 from model import BACKBONES, build_model
 from model.batchnorm import freeze_batchnorm
-from model.checkpoint import load_model_weights, read_weights_file, save_atomic
+from model.checkpoint import load_model_weights, save_atomic
 from tools.plot import plot_run, save_embedding_sample
 from tools.retrievals import save_retrieval_grid
 
@@ -40,7 +45,19 @@ class NonFiniteLoss(UserError):
 
 
 class Interrupted(UserError):
-    """Ctrl-C during training; the message says how to resume."""
+    """Ctrl-C or SIGTERM during training; the message says how to resume, ``exit_code`` is 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
@@ -52,38 +69,50 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                         "--data DIR with one sub-folder per class")
     p.add_argument("--backbone", choices=BACKBONES, default="bninception")
     p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings (Triplet+L2Norm)")
-    p.add_argument("--lambda-mdr", type=float, default=0.0, help="weight of the MDR regulariser (0: off)")
-    p.add_argument("--nu-mdr", type=float, default=0.0, help="weight of the sum of squared MDR levels")
-    p.add_argument("--embedding-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (weight decay 1e-5)")
-    p.add_argument("--lr-decay-epochs", type=int, nargs="+", default=[40, 60, 80], help="MultiStepLR milestones")
-    p.add_argument("--lr-decay-gamma", type=float, default=0.2)
-    p.add_argument("--batch", type=int, default=128, help="training batch size")
-    p.add_argument("--num-image-per-class", "--num_image_per_class", dest="num_image_per_class", type=int,
-                   default=4, help="images per class in a training batch")
-    p.add_argument("--iter-per-epoch", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--recall", type=int, nargs="+", default=[1], help="K values of Recall@K")
+    p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
+                   help="weight of the MDR regulariser (0: off)")
+    p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--embedding-size", type=bounded_int(1), default=512)
+    p.add_argument("--lr", type=finite_float(True), default=1e-4, help="Adam learning rate (weight decay 1e-5)")
+    p.add_argument("--lr-decay-epochs", type=bounded_int(1), nargs="+", default=[40, 60, 80],
+                   help="MultiStepLR milestones")
+    p.add_argument("--lr-decay-gamma", type=finite_float(True), default=0.2)
+    p.add_argument("--batch", type=bounded_int(2), default=128,
+                   help="training batch size (at least 2 x --num-image-per-class)")
+    p.add_argument("--num-image-per-class", "--num_image_per_class", dest="num_image_per_class",
+                   type=bounded_int(2), default=4, help="images per class in a training batch (2 or more)")
+    p.add_argument("--iter-per-epoch", type=bounded_int(1), default=100)
+    p.add_argument("--epochs", type=bounded_int(1), default=100)
+    p.add_argument("--recall", type=bounded_int(1), nargs="+", default=[1],
+                   help="K values of Recall@K (sorted, duplicates dropped); best.pth is chosen by Recall@1, "
+                        "or by the smallest K when 1 is not among them")
     p.add_argument("--seed", type=int, default=1, help="seed of python, torch and the batch sampler")
     p.add_argument("--data", default="./dataset/", help="data root (for --dataset folder: the image folder)")
-    p.add_argument("--save-dir", default="./result", help="where best.pth, last.pth, result.txt and logs go")
+    p.add_argument("--save-dir", default=None,
+                   help=f"where best.pth, last.pth, result.txt and logs go (default {DEFAULT_SAVE_DIR}, or the "
+                        f"next free {DEFAULT_SAVE_DIR}_N when it holds another run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a new run replace the run already in --save-dir")
     p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto",
                    help="auto picks CUDA, then MPS, then CPU")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loader processes")
+    p.add_argument("--workers", type=bounded_int(0), default=min(8, os.cpu_count() or 1),
+                   help="data loader processes")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start the backbone from random weights")
     p.add_argument("--pretrained", dest="pretrained", metavar="PATH", default=True,
                    help="ImageNet weights file for the backbone (default: download)")
-    p.add_argument("--image-size", type=int, default=224, help="crop side; images are resized to size*256/224 first")
+    p.add_argument("--image-size", type=bounded_int(32), default=224,
+                   help="crop side; images are resized to size*256/224 first")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
                    help="negative sampling of the triplet loss (the authors use distance-weighted)")
-    p.add_argument("--eval-batch", type=int, default=128, help="batch size of embedding extraction")
+    p.add_argument("--eval-batch", type=bounded_int(1), default=128, help="batch size of embedding extraction")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
     p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
     p.add_argument("--resume", default=None, metavar="PATH",
-                   help="continue a run from its checkpoint.pth, or from the --save-dir that holds it")
+                   help="continue a run, in its own folder, from its checkpoint.pth or that folder; the flags "
+                        "that define the run must be the same, --epochs may grow")
     p.add_argument("--save-embeddings", action="store_true",
                    help="write the evaluated embeddings and labels to <save-dir>/embeddings.pt")
     p.add_argument("--save-retrievals", type=int, default=0, metavar="N",
@@ -97,6 +126,13 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
                         "cudnn.benchmark off (slower; see README)")
     return p
+
+
+def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argparse.Namespace:
+    """Parse and check ``argv``; abbreviations of the authors' flags keep their meaning."""
+    parser = get_args_parser(dataset)
+    argv = expand_original_abbreviations(sys.argv[1:] if argv is None else argv, parser._option_string_actions)
+    return check_args(parser, parser.parse_args(argv))
 
 
 def select_device(name: str) -> torch.device:
@@ -172,12 +208,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             embedding = model(images)
         embedding = embedding.float()
+        where = f"at epoch {epoch}, iteration {iteration}; the last good checkpoint is kept"
+        if not torch.isfinite(embedding).all():
+            raise NonFiniteLoss(f"the network's embeddings became non-finite {where}; the weights diverged: lower "
+                                f"--lr (now {optimizer.param_groups[0]['lr']:g})")
         loss_triplet = criterion(embedding, labels)
         loss_mdr = mdr.regularizer(embedding, lambda_mdr, nu_mdr)
         loss = loss_triplet + loss_mdr
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss ({float(loss)}) at epoch {epoch}, iteration {iteration}; "
-                                "the last good checkpoint is kept; lower --lr or check the data")
+            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where))
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -195,6 +234,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         stats["reg_loss"] = float(torch.tensor(regs).mean()) if regs else float("nan")
     print("[Epoch %d] Loss: %.5f\n" % (epoch, mean))
     return mean
+
+
+def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
+    """The message for a non-finite loss from finite embeddings, naming the term that overflowed."""
+    if not math.isfinite(regularizer):
+        return (f"the MDR term became non-finite ({regularizer}) {where}; its levels diverged: lower --lambda-mdr, "
+                "--nu-mdr or --lr")
+    return f"the triplet loss became non-finite ({triplet}) {where}; check the data and lower --lr"
 
 
 @torch.inference_mode()
@@ -269,20 +316,6 @@ def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: 
     return train_loader, eval_loaders
 
 
-def write_results(save_dir: Path, best: float, final: float) -> None:
-    tmp = save_dir / "result.txt.tmp"
-    tmp.write_text("Best Recall@1: %.4f\nFinal Recall@1: %.4f\n" % (best, final))
-    os.replace(tmp, save_dir / "result.txt")
-
-
-def log_epoch(save_dir: Path, record: dict) -> None:
-    """Append one epoch's record to metrics.jsonl and print it."""
-    with open(save_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print("[Epoch %d] " % record["epoch"] + ", ".join(
-        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in record.items() if k != "epoch"))
-
-
 def rng_state(sampler: PKSampler) -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -295,11 +328,6 @@ def set_rng_state(state: dict, sampler: PKSampler) -> None:
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
     sampler.load_state_dict(state["sampler"])
-
-
-def resume_path(resume: str) -> Path:
-    path = Path(resume)
-    return path / "checkpoint.pth" if path.is_dir() else path
 
 
 def print_table(results: dict[str, float]) -> None:
@@ -327,32 +355,68 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
+    """Train (in a claimed run folder) or evaluate, as ``args`` say; returns the last results."""
     print(f"Seed: {args.seed}")
     seed_everything(args.seed)
     device = select_device(args.device)
-    pretrained = args.pretrained if args.load is None and args.resume is None else False
     configure_backends(device, args.deterministic)
+    if args.mode == "eval":
+        return evaluate_only(args, device)
+    with claim_run_dir(args.save_dir, args.resume, args.overwrite) as save_dir:
+        print(f"Run folder: {save_dir}")
+        return train(args, device, save_dir)
+
+
+def build_run_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """The embedding model on ``device``: ImageNet-initialised unless --load, --resume or --no-pretrained."""
+    pretrained = args.pretrained if args.load is None and args.resume is None else False
     model = build_model(args.backbone, args.embedding_size, args.l2norm, pretrained).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if args.load is not None:
         load_model_weights(model, args.load)
         print("Loaded Model from %s" % args.load)
+    return model
+
+
+def build_data(args: argparse.Namespace, device: torch.device):
+    """(train set, eval sets, train loader, eval loaders), with their sizes printed."""
     train_set, eval_sets = build_datasets(args)
     if train_set is not None:
         print("Number of images in Training Set: %d" % len(train_set))
     for name, ds in eval_sets.items():
         print("Number of images in %s set: %d" % (name.capitalize(), len(ds)))
-    train_loader, eval_loaders = build_loaders(args, train_set, eval_sets, device)
-    save_dir = Path(args.save_dir)
+    return (train_set, eval_sets) + build_loaders(args, train_set, eval_sets, device)
 
+
+def evaluate_only(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """--mode eval: evaluate --load (or, saying so, the initial model) and write the requested extras."""
+    if args.load is None:
+        print("No --load given: evaluating the initial model ("
+              + ("ImageNet backbone" if args.pretrained else "random backbone") + ", random embedding head)")
+    model = build_run_model(args, device)
+    _, eval_sets, _, eval_loaders = build_data(args, device)
     embedded: dict = {}
-    if args.mode == "eval":
-        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
-        print_table(results)
-        finish_eval(args, embedded, eval_sets, save_dir)
-        return results
+    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
+    print_table(results)
+    if args.save_embeddings or args.save_retrievals:
+        with lock_dir(Path(args.save_dir or DEFAULT_SAVE_DIR)) as save_dir:
+            finish_eval(args, embedded, eval_sets, save_dir)
+    return results
 
+
+def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dict[str, float]:
+    """The authors' training run in ``save_dir``: epoch 0 evaluation, then train and evaluate every epoch.
+
+    At the end of each epoch the checkpoint is written first; best.pth,
+    last.pth, metrics.jsonl and result.txt are then derived from it, and a
+    resume derives them again, so a kill at any moment loses nothing.
+    """
+    resumed = read_checkpoint(resume_checkpoint(args.resume)) if args.resume is not None else None
+    if resumed is not None and not check_resume(resumed, args, str(save_dir)):
+        return resumed["results"]
+    model = build_run_model(args, device)
+    train_set, eval_sets, train_loader, eval_loaders = build_data(args, device)
     criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
@@ -360,28 +424,34 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
-    first_key = f"Recall@{args.recall[0]}"
-    save_dir.mkdir(parents=True, exist_ok=True)
+    embedded: dict = {}
 
-    def save_checkpoint(epoch: int) -> None:
-        save_atomic({"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "results": results,
-                     "rng": rng_state(sampler)}, save_dir / "checkpoint.pth")
+    def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> dict:
+        state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                 "key": key, "results": results, "history": history, "rng": rng_state(sampler),
+                 "args": run_flags(args)}
+        save_atomic(state, save_dir / "checkpoint.pth")
+        write_outputs(save_dir, state)
+        return state
 
-    if args.resume is not None:
-        state = read_weights_file(resume_path(args.resume))
-        load_model_weights(model, resume_path(args.resume), state)
-        mdr.load_state_dict(state["mdr"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best, results = state["epoch"] + 1, state["best"], state["results"]
-        set_rng_state(state["rng"], sampler)
-        print(f"Resumed from {resume_path(args.resume)} after epoch {state['epoch']}")
+    key = selection_key(args.recall)
+    if resumed is not None:
+        load_model_weights(model, resume_checkpoint(args.resume), resumed)
+        mdr.load_state_dict(resumed["mdr"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        set_rng_state(resumed["rng"], sampler)
+        key = resumed.get("key", key)
+        start, results, best = resumed["epoch"] + 1, resumed["results"], resumed["best"]
+        history = resumed.get("history") or legacy_history(save_dir, resumed["epoch"])
+        best_epoch = resumed.get("best_epoch", -1)
+        write_outputs(save_dir, {**resumed, "key": key, "history": history, "best_epoch": best_epoch})
+        print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
         results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
-        start, best = 1, results[first_key]
-        save_atomic(model.state_dict(), save_dir / "best.pth")
-        save_checkpoint(0)
+        start, best, best_epoch, history = 1, results[key], 0, []
+        checkpoint(0, results, best, best_epoch, history)
 
     epoch = start - 1
     try:
@@ -392,20 +462,19 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                    epoch, stats, amp_dtype, scaler)
             scheduler.step()
             results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
-            if results[first_key] > best:
-                best = results[first_key]
-                save_atomic(model.state_dict(), save_dir / "best.pth")
-            save_atomic(model.state_dict(), save_dir / "last.pth")
-            save_checkpoint(epoch)
-            write_results(save_dir, best, results[first_key])
-            log_epoch(save_dir, {"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
-                                 "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
-                                 "momented_std": float(mdr.momented_std), **results})
-            print("Best Recall@1: %.4f" % best)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted during epoch {epoch}; {save_dir / 'checkpoint.pth'} holds the run after "
+            if results[key] > best:
+                best, best_epoch = results[key], epoch
+            history.append({"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
+                            "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
+                            "momented_std": float(mdr.momented_std), **results})
+            checkpoint(epoch, results, best, best_epoch, history)
+            print_record(history[-1])
+            print("Best %s: %.4f" % (key, best))
+    except KeyboardInterrupt as exc:
+        signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        raise Interrupted(f"{signal_name} during epoch {epoch}; {save_dir / 'checkpoint.pth'} holds the run after "
                           f"epoch {epoch - 1} (the partial epoch is dropped so that resuming stays exact); "
-                          f"continue with --resume {save_dir}") from None
+                          f"continue with --resume {save_dir}", code) from None
     if embedded:
         save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
     finish_eval(args, embedded, eval_sets, save_dir)
@@ -415,19 +484,26 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def print_record(record: dict) -> None:
+    print("[Epoch %d] " % record["epoch"] + ", ".join(
+        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in record.items() if k != "epoch"))
+
+
 def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
-    args = get_args_parser(dataset).parse_args(argv)
+    """The command line: one line on stderr and a non-zero exit code for every problem the user can fix."""
+    args = parse_args(argv, dataset)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         main(args)
     except Interrupted as exc:
         print(f"{exc}", file=sys.stderr)
-        return 130
+        return exc.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted before training started; nothing to save", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     return 0
 
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from errors import UserError
 from model.bninception import BNInceptionTrunk
+from model.checkpoint import mismatches
 from model.embedding import Embedding, L2NormEmbedding
 from model.resnet import ResNetTrunk
 
@@ -39,6 +40,15 @@ def _bninception_imagenet(path: Path | None) -> dict:
     return {k: v.squeeze(0) if v.dim() == 2 and v.shape[0] == 1 else v for k, v in state.items()}
 
 
+def _load_pretrained(module: nn.Module, state: dict, path: Path | None, backbone: str) -> None:
+    """Load ImageNet weights strictly; a file of another architecture is one clear error."""
+    problems = mismatches(module, state)
+    if problems:
+        raise UserError(f"pretrained weights {path or 'downloaded file'} do not fit --backbone {backbone}: "
+                        f"{'; '.join(problems)}; pass the ImageNet weights of {backbone}")
+    module.load_state_dict(state)
+
+
 def build_backbone(name: str, pretrained: bool | str | Path = True) -> nn.Module:
     """A backbone with an ``output_size`` attribute; ``pretrained`` is True, False or a weights file."""
     if name not in BACKBONES:
@@ -47,12 +57,12 @@ def build_backbone(name: str, pretrained: bool | str | Path = True) -> nn.Module
     if name == "bninception":
         trunk = BNInceptionTrunk()
         if pretrained:
-            trunk.model.load_state_dict(_bninception_imagenet(path))
+            _load_pretrained(trunk.model, _bninception_imagenet(path), path, name)
         return trunk
     if path is not None:
         trunk = ResNetTrunk(name)
         state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
-        trunk.load_state_dict(state)
+        _load_pretrained(trunk, state, path, name)
         return trunk
     try:
         return ResNetTrunk(name, weights=_TORCHVISION_WEIGHTS[name] if pretrained else None)

@@ -2,7 +2,9 @@
 import os
 import pickle
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import torch
 from torch import nn
@@ -10,17 +12,28 @@ from torch import nn
 from errors import UserError
 
 
-def save_atomic(obj: object, path: str | Path) -> None:
-    """torch.save ``obj`` to ``path`` through a temporary file, fsync and rename.
+def umask_mode() -> int:
+    """0o666 less the process umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
-    A crash or a full disk leaves the previous ``path`` intact, never a torn file.
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only once the ``with`` block succeeds (temporary file, fsync, rename).
+
+    A crash or a full disk leaves the previous ``path`` intact, never a torn
+    file; the temporary file is named ``.NAME.*.tmp``. The new file gets the
+    umask's permissions, like every other output.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -29,11 +42,22 @@ def save_atomic(obj: object, path: str | Path) -> None:
         raise
 
 
+def save_atomic(obj: object, path: str | Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (see ``atomic_file``)."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+
+
 def read_weights_file(path: str | Path) -> dict:
     """Load ``path`` with ``weights_only=True``: a file holding arbitrary pickled code is refused."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass a weights file such as {path / 'best.pth'}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; check the path given to --load/--resume")
+    if not is_torch_file(path):
+        raise UserError(f"{path} is not a PyTorch file (neither a torch.save zip nor a pickle); pass a .pth "
+                        "weights file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -41,6 +65,13 @@ def read_weights_file(path: str | Path) -> dict:
                         "containers, which could run code; only weights files are accepted") from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise UserError(f"cannot read checkpoint {path} ({exc}); the file is damaged or not a torch file") from exc
+
+
+def is_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts like a torch.save file: a zip archive, or a pickle of protocol 2 or later."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def model_state(checkpoint: dict) -> dict:

@@ -87,7 +87,7 @@ def test_authors_training_commands_run_on_every_benchmark(dataset, local_sources
         _place_inshop_by_hand(local_sources, data_root)
     for i, command in enumerate(AUTHORS_TRAINING[dataset]):
         argv = shlex.split(command) + SMALL + ["--data", str(data_root), "--save-dir", str(tmp_path / str(i))]
-        args = run.get_args_parser("inshop" if dataset == "inshop" else "cub200").parse_args(argv)
+        args = run.parse_args(argv, "inshop" if dataset == "inshop" else "cub200")
         results = run.main(args)
         assert set(results) == {f"Recall@{k}" for k in args.recall}
         assert (tmp_path / str(i) / "result.txt").is_file()
@@ -132,7 +132,7 @@ def test_folder_dataset_trains_with_run(tmp_path):
     make_folder(tmp_path / "mine", classes=6)
     argv = ["--dataset", "folder", "--data", str(tmp_path / "mine"), "--save-dir", str(tmp_path / "out"),
             "--num-image-per-class", "2"] + SMALL
-    assert "Recall@1" in run.main(run.get_args_parser().parse_args(argv))
+    assert "Recall@1" in run.main(run.parse_args(argv))
 
 
 def test_existing_tree_is_used_without_network(tmp_path, monkeypatch):
@@ -177,7 +177,7 @@ def test_corrupt_jpeg_in_training_set_names_the_file(tmp_path):
         bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     argv = ["--data", str(tmp_path), "--save-dir", str(tmp_path / "out"), "--num-image-per-class", "4"] + SMALL
     with pytest.raises(UserError, match=r"cannot decode image .*/00[123]\.Bird_\d/Bird_\d_\d{4}\.jpg"):
-        run.main(run.get_args_parser().parse_args(argv))
+        run.main(run.parse_args(argv))
 
 
 def test_class_with_a_single_image_trains(tmp_path):
@@ -187,5 +187,5 @@ def test_class_with_a_single_image_trains(tmp_path):
         extra.unlink()
     argv = ["--data", str(tmp_path), "--save-dir", str(tmp_path / "out"), "--num-image-per-class", "2"] + SMALL + [
         "--iter-per-epoch", "3"]
-    results = run.main(run.get_args_parser().parse_args(argv))
+    results = run.main(run.parse_args(argv))
     assert torch.isfinite(torch.tensor(results["Recall@1"]))

@@ -105,8 +105,8 @@ def test_training_with_cache_gives_identical_weights(tmp_path):
     small = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
              "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
              "--embedding-size", "16", "--epochs", "1", "--data", str(tmp_path / "data")]
-    run.main(run.get_args_parser().parse_args(small + ["--save-dir", str(tmp_path / "plain")]))
-    run.main(run.get_args_parser().parse_args(small + ["--save-dir", str(tmp_path / "cached"),
+    run.main(run.parse_args(small + ["--save-dir", str(tmp_path / "plain")]))
+    run.main(run.parse_args(small + ["--save-dir", str(tmp_path / "cached"),
                                                        "--cache-dir", str(tmp_path / "cache")]))
     a = torch.load(tmp_path / "plain" / "last.pth", weights_only=True)
     b = torch.load(tmp_path / "cached" / "last.pth", weights_only=True)

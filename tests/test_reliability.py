@@ -27,7 +27,7 @@ def cub_root(tmp_path_factory):
 
 
 def _main(argv):
-    return run.main(run.get_args_parser().parse_args(argv))
+    return run.main(run.parse_args(argv))
 
 
 def test_resumed_run_ends_with_the_same_weights(cub_root, tmp_path):

@@ -19,7 +19,7 @@ def cub_root(tmp_path_factory):
 
 
 def _main(argv):
-    return run.main(run.get_args_parser().parse_args(argv))
+    return run.main(run.parse_args(argv))
 
 
 def test_train_writes_outputs_and_eval_reproduces_recall(cub_root, tmp_path, capsys):
@@ -70,7 +70,7 @@ def test_mismatched_checkpoint_lists_mismatches(cub_root, tmp_path, capsys):
 
 def test_unknown_backbone_is_rejected_without_traceback(capsys):
     with pytest.raises(SystemExit) as exc:
-        run.get_args_parser().parse_args(["--backbone", "vgg16"])
+        run.parse_args(["--backbone", "vgg16"])
     assert exc.value.code == 2
     assert "invalid choice: 'vgg16'" in capsys.readouterr().err
 
@@ -82,5 +82,5 @@ def test_build_model_rejects_unknown_backbone():
 
 
 def test_authors_spelling_of_num_image_per_class_is_accepted():
-    args = run.get_args_parser().parse_args(["--num_image_per_class", "3"])
+    args = run.parse_args(["--num_image_per_class", "3"])
     assert args.num_image_per_class == 3

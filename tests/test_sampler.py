@@ -92,7 +92,7 @@ def _recording_run(argv, monkeypatch, seen: list, stop_after: int | None = None)
         return train, evals
 
     monkeypatch.setattr(run, "build_datasets", recording_build)
-    return run.main(run.get_args_parser().parse_args(argv))
+    return run.main(run.parse_args(argv))
 
 
 def test_run_trains_on_the_samplers_batches_across_interrupt_and_resume(tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_deterministic_flag_sets_what_it_should(restore_backends):
     run.configure_backends(torch.device("cuda"), deterministic=False)
     assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
-    args = run.get_args_parser().parse_args(["--deterministic"])
+    args = run.parse_args(["--deterministic"])
     run.configure_backends(torch.device("cuda"), args.deterministic)
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     assert not torch.backends.cudnn.benchmark
@@ -134,7 +134,7 @@ def test_deterministic_flag_sets_what_it_should(restore_backends):
 def test_deterministic_run_repeats_its_weights(tmp_path, restore_backends):
     root = make_cub(tmp_path / "data")
     for name in ("a", "b"):
-        run.main(run.get_args_parser().parse_args(SMALL + [
+        run.main(run.parse_args(SMALL + [
             "--deterministic", "--lambda-mdr", "0.6", "--data", str(root), "--save-dir", str(tmp_path / name),
             "--epochs", "1"]))
         assert torch.are_deterministic_algorithms_enabled()

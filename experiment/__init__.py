@@ -1,0 +1,1 @@
+"""One training or evaluation run: its flags, its folder and its record."""

@@ -1,0 +1,75 @@
+"""Argument types and checks of run.py: every bad flag is one argparse error line."""
+import argparse
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+from experiment.run_dir import resume_dir
+
+ORIGINAL_FLAGS = ("--mode", "--load", "--dataset", "--backbone", "--l2norm", "--lambda-mdr", "--nu-mdr",
+                  "--embedding-size", "--lr", "--lr-decay-epochs", "--lr-decay-gamma", "--batch",
+                  "--num-image-per-class", "--iter-per-epoch", "--epochs", "--recall", "--seed", "--data",
+                  "--save-dir")
+
+
+def expand_original_abbreviations(argv: Sequence[str], known: Sequence[str]) -> list[str]:
+    """Spell out abbreviations that named one flag of the authors' parser, e.g. ``--save`` -> ``--save-dir``.
+
+    New flags made some of them ambiguous for argparse (``--save``, ``--num``,
+    ``--m``); they keep their original meaning. ``known`` lists this parser's
+    option strings, which are never rewritten.
+    """
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        matches = [f for f in ORIGINAL_FLAGS if f.startswith(name)]
+        if name.startswith("--") and name not in known and len(matches) == 1:
+            arg = matches[0] + sep + value
+        out.append(arg)
+    return out
+
+
+def bounded_int(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite_float(positive: bool) -> Callable[[str], float]:
+    """An argparse type: a finite float, > 0 if ``positive`` else >= 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'> 0' if positive else '>= 0'}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Checks across flags; ``--recall`` values are de-duplicated and sorted."""
+    if args.batch < 2 * args.num_image_per_class:
+        parser.error(f"--batch {args.batch} must hold at least two classes of --num-image-per-class "
+                     f"{args.num_image_per_class}, i.e. be at least {2 * args.num_image_per_class}")
+    if args.mode == "eval" and args.resume is not None:
+        parser.error(f"--resume continues training; to evaluate a run use --mode eval --load "
+                     f"{resume_dir(args.resume) / 'best.pth'}")
+    if args.save_dir == "":
+        parser.error("--save-dir must not be empty; name a folder, e.g. --save-dir ./result")
+    if (args.resume is not None and args.save_dir is not None
+            and Path(args.save_dir).resolve() != resume_dir(args.resume).resolve()):
+        parser.error(f"--resume writes into the run it continues ({resume_dir(args.resume)}); "
+                     f"drop --save-dir {args.save_dir}")
+    args.recall = sorted(set(args.recall))
+    return args

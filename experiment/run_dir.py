@@ -1,0 +1,168 @@
+"""The run folder: which one a run writes to, its lock, and the files rebuilt from its checkpoint."""
+import fcntl
+import itertools
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from errors import UserError
+from model.checkpoint import atomic_file, read_weights_file, save_atomic
+
+DEFAULT_SAVE_DIR = "./result"
+LOCK_NAME = ".lock"
+RUN_FILES = ("checkpoint.pth", "best.pth", "last.pth", "metrics.jsonl", "result.txt")
+OUTPUT_FILES = RUN_FILES + ("curves.png", "mdr_histogram.png", "mdr_distances.pt", "retrievals.png",
+                            "embeddings.pt")
+
+
+def resume_dir(resume: str | Path) -> Path:
+    """The run folder of ``--resume``, which names the folder or its checkpoint.pth."""
+    path = Path(resume)
+    return path if path.is_dir() else path.parent
+
+
+def resume_checkpoint(resume: str | Path) -> Path:
+    """The checkpoint file of ``--resume``."""
+    path = Path(resume)
+    return path / "checkpoint.pth" if path.is_dir() else path
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds the outputs of a training run."""
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive ``flock`` on ``folder/.lock``, or None if another process holds it."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--save-dir {folder} is a file; name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"cannot write to the run folder {folder} ({exc.strerror}); choose a writable "
+                        "--save-dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed save left in ``folder``; returns them."""
+    stale = sorted(folder.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _claim_default() -> tuple[Path, int]:
+    """``./result``, or the first of ``./result_1``, ``./result_2``, ... that holds no run and is not locked."""
+    for n in itertools.count():
+        folder = Path(DEFAULT_SAVE_DIR if n == 0 else f"{DEFAULT_SAVE_DIR}_{n}")
+        fd = _lock(folder)
+        if fd is not None and not holds_run(folder):
+            if n:
+                print(f"{DEFAULT_SAVE_DIR} holds another run; this run writes to {folder}")
+            return folder, fd
+        if fd is not None:
+            os.close(fd)
+    raise AssertionError("unreachable")
+
+
+def _claim(save_dir: str | None, resume: str | None, overwrite: bool) -> tuple[Path, int]:
+    if save_dir is None and resume is None:
+        return _claim_default()
+    folder = resume_dir(resume) if resume is not None else Path(save_dir)
+    fd = _lock(folder)
+    if fd is None:
+        raise UserError(f"another run is writing to {folder} (its pid is in {folder / LOCK_NAME}); wait for it "
+                        "to finish or choose another --save-dir")
+    if resume is None and holds_run(folder):
+        if not overwrite:
+            os.close(fd)
+            raise UserError(f"{folder} already holds a run; continue it with --resume {folder}, choose another "
+                            "--save-dir, or pass --overwrite to replace it")
+        for name in OUTPUT_FILES:
+            (folder / name).unlink(missing_ok=True)
+    return folder, fd
+
+
+@contextmanager
+def claim_run_dir(save_dir: str | None, resume: str | None = None, overwrite: bool = False) -> Iterator[Path]:
+    """The folder this run writes to, locked against other runs for the duration of the ``with``.
+
+    ``--resume`` writes into its own folder. An explicit ``--save-dir`` that
+    holds a run is refused unless ``overwrite``, which deletes its outputs. With
+    neither, the default ``./result`` is used, or the next free ``./result_N``.
+    Temporary files left by a killed save are removed.
+    """
+    folder, fd = _claim(save_dir, resume, overwrite)
+    try:
+        for path in remove_temporaries(folder):
+            print(f"Removed {path}, left by an interrupted save")
+        yield folder
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def lock_dir(folder: Path) -> Iterator[Path]:
+    """``folder``, locked against runs for the duration of the ``with`` (for evaluation outputs)."""
+    fd = _lock(folder)
+    if fd is None:
+        raise UserError(f"a run is writing to {folder}; wait for it or choose another --save-dir")
+    try:
+        yield folder
+    finally:
+        os.close(fd)
+
+
+def legacy_history(folder: Path, epoch: int) -> list[dict]:
+    """The epoch records of a checkpoint written before checkpoints carried them: metrics.jsonl up to ``epoch``."""
+    path = folder / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [r for r in map(json.loads, filter(str.strip, lines)) if r["epoch"] <= epoch]
+
+
+def selection_key(ks: list[int]) -> str:
+    """The metric that picks ``best.pth``: Recall@1 when 1 is among the K, else the smallest K."""
+    return f"Recall@{1 if 1 in ks else min(ks)}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text.encode())
+
+
+def write_outputs(folder: Path, checkpoint: dict) -> None:
+    """Rebuild last.pth, best.pth (when the checkpoint's epoch is the best), metrics.jsonl and result.txt.
+
+    The checkpoint is the one source of truth: it is written first at the end
+    of an epoch, and everything here can be derived from it again on resume.
+    """
+    history, key = checkpoint["history"], checkpoint["key"]
+    if checkpoint["best_epoch"] == checkpoint["epoch"]:
+        save_atomic(checkpoint["model"], folder / "best.pth")
+    if not history:
+        return
+    save_atomic(checkpoint["model"], folder / "last.pth")
+    write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    write_text_atomic(folder / "result.txt", "Best %s: %.4f\nFinal %s: %.4f\n"
+                      % (key, checkpoint["best"], key, history[-1][key]))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The full training checkpoint at ``path``; a plain weights file is refused."""
+    state = read_weights_file(path)
+    if not isinstance(state, dict) or "optimizer" not in state or "epoch" not in state:
+        raise UserError(f"{path} holds only model weights, not a training checkpoint; --resume needs the "
+                        "checkpoint.pth of a run (or its folder); use --load to start a new run from weights")
+    return state
+
