@@ -23,8 +23,9 @@ from dataset.transforms import build_transforms
 from errors import UserError
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
 from experiment.resume import check_resume, run_flags
-from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, legacy_history, lock_dir, read_checkpoint,
-                                resume_checkpoint, selection_key, write_outputs)
+from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
+                                resume_checkpoint, selection_key, upgraded_checkpoint,
+                                write_outputs)
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from loss.triplet import TripletLoss
@@ -413,8 +414,12 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
     resume derives them again, so a kill at any moment loses nothing.
     """
     resumed = read_checkpoint(resume_checkpoint(args.resume)) if args.resume is not None else None
-    if resumed is not None and not check_resume(resumed, args, str(save_dir)):
-        return resumed["results"]
+    if resumed is not None:
+        unfinished = check_resume(resumed, args, str(save_dir))
+        resumed = upgraded_checkpoint(resumed, save_dir, selection_key(args.recall))
+        write_outputs(save_dir, resumed)
+        if not unfinished:
+            return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device)
     criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
@@ -442,11 +447,9 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], sampler)
-        key = resumed.get("key", key)
-        start, results, best = resumed["epoch"] + 1, resumed["results"], resumed["best"]
-        history = resumed.get("history") or legacy_history(save_dir, resumed["epoch"])
-        best_epoch = resumed.get("best_epoch", -1)
-        write_outputs(save_dir, {**resumed, "key": key, "history": history, "best_epoch": best_epoch})
+        start, results, best, best_epoch = (resumed["epoch"] + 1, resumed["results"], resumed["best"],
+                                            resumed["best_epoch"])
+        key, history = resumed["key"], resumed["history"]
         print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
         results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)

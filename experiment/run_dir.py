@@ -124,11 +124,18 @@ def lock_dir(folder: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def legacy_history(folder: Path, epoch: int) -> list[dict]:
-    """The epoch records of a checkpoint written before checkpoints carried them: metrics.jsonl up to ``epoch``."""
+def upgraded_checkpoint(state: dict, folder: Path, key: str) -> dict:
+    """``state`` with the fields that checkpoints written before this version lack.
+
+    Their epoch records come from ``folder/metrics.jsonl`` up to the checkpoint's
+    epoch; their best epoch is unknown (-1), so best.pth is left as it is.
+    """
+    if "history" in state:
+        return state
     path = folder / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
-    return [r for r in map(json.loads, filter(str.strip, lines)) if r["epoch"] <= epoch]
+    history = [r for r in map(json.loads, filter(str.strip, lines)) if r["epoch"] <= state["epoch"]]
+    return {**state, "history": history, "best_epoch": -1, "key": key}
 
 
 def selection_key(ks: list[int]) -> str:
