@@ -187,9 +187,9 @@ def prepare(samples: Samples, side: int, cache_dir: str | Path, name: str, worke
         if problem is None:
             return path
         print(f"[Cache] {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
-        path.unlink()
     path = build(samples, side, cache_dir, stem, (os.cpu_count() or 1) if workers is None else workers, advice)
-    for old in _same_split(cache_dir, name, side):
+    for old in _same_split(cache_dir, name, side):  # damaged and superseded files; the rebuilt one replaced its own
+
         if old != path:
             old.unlink(missing_ok=True)
     return path

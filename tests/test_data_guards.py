@@ -276,3 +276,17 @@ def test_failed_download_names_a_partial_file_only_when_there_is_one(tmp_path):
     with pytest.raises(UserError, match=r"partial file .*x\.tgz\.part is kept and the next run resumes it"):
         download("http://127.0.0.1:9/x.tgz", tmp_path / "x.tgz", timeout=2)
     assert (tmp_path / "x.tgz.part").read_bytes() == b"first half"
+
+
+def test_damaged_cache_in_a_read_only_folder_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    samples = _samples(make_cub(tmp_path))
+    path = _cached(samples, tmp_path / "c").cache_path
+    _zero_pixels(path)
+
+    def read_only(folder, stem):  # what a read-only folder answers; root ignores modes, so it is simulated
+        raise UserError(f"cannot write the cache in {folder} (Read-only file system); make it writable")
+
+    monkeypatch.setattr(cache, "_locked_temporary", read_only)
+    with pytest.raises(UserError, match="cannot write the cache in"):
+        _cached(samples, tmp_path / "c")
+    assert f"[Cache] {path} is damaged" in capsys.readouterr().err and path.exists()
