@@ -1,4 +1,5 @@
 """A benchmark on disk: where its files live, how to fetch them, and how to read its splits."""
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,14 +34,16 @@ class Benchmark(ImageList):
     required: tuple[str, ...] = ()  # files under root/folder whose presence means the tree is complete
     remotes: tuple[Remote, ...] = ()
     splits: tuple[str, ...] = ("train", "test")
+    listing: str | None = None  # file under root/folder, formatted with the split, that lists its images
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
-                 download: bool = False, cache_dir: str | Path | None = None):
+                 download: bool = False, cache_dir: str | Path | None = None, cache_workers: int | None = None):
         if split not in self.splits:
             raise UserError(f"{type(self).__name__} has no split {split!r}; choose one of {', '.join(self.splits)}")
         self.root = Path(root)
         self.base = self.root / self.folder
         self.split = split
+        self.download = download
         if download and not self.is_complete():
             self.fetch()
         self.prepare_local()
@@ -51,7 +54,8 @@ class Benchmark(ImageList):
         if not samples:
             raise UserError(f"the {split} split of {type(self).__name__} under {self.base} is empty")
         check_files_exist(self.base, samples, self.how_to_get())
-        super().__init__(samples, transform, cache_dir, cache_name=f"{type(self).__name__}-{split}")
+        super().__init__(samples, transform, cache_dir, split_cache_name(type(self).__name__, self.root, split),
+                         cache_workers)
 
     def is_complete(self) -> bool:
         return all((self.base / name).exists() for name in self.required)
@@ -67,8 +71,26 @@ class Benchmark(ImageList):
                 extract_archive(archive, self.root / remote.extract_to)
 
     def how_to_get(self) -> str:
-        """One sentence on how to obtain the data."""
-        return "run with download enabled (the default of run.py) to fetch it"
+        """One sentence on how to obtain the data, applicable whether downloads are on or off."""
+        by_hand = "; ".join(self._by_hand(remote) for remote in self.remotes)
+        return by_hand if self.download else f"run without --no-download to fetch it, or {by_hand}"
+
+    def _by_hand(self, remote: Remote) -> str:
+        """How to put ``remote`` in place without the downloader: extract the archive that is there, or fetch it."""
+        archive = self.root / remote.path
+        place = f"extract it into {self.root / remote.extract_to}" if remote.extract_to is not None \
+            else f"put it at {archive}"
+        if remote.extract_to is not None and archive.is_file():
+            return f"extract {archive} into {self.root / remote.extract_to} again"
+        source = f"{remote.urls[0]} (md5 {remote.md5})" if remote.urls else remote.path
+        return f"fetch {source} and {place}"
+
+    def unreadable_advice(self) -> str:
+        """Restore the original image; removing the file would only make it missing, so say how to unlist it."""
+        advice = "replace it with the original from the dataset's archive"
+        if self.listing is None:
+            return advice
+        return f"{advice}, or delete its line from {self.base / self.listing.format(split=self.split)}"
 
     def fetch(self) -> None:
         """Download, verify and extract every missing file."""
@@ -93,18 +115,36 @@ class Benchmark(ImageList):
         raise NotImplementedError
 
 
+def split_cache_name(kind: str, root: Path, split: str) -> str:
+    """The cache name of ``split`` of dataset ``kind`` read from ``root``; it tells data roots apart, so that
+    a cache of one root never supersedes (and removes) the cache of another."""
+    where = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    return f"{kind}-{split}-{where}"
+
+
+def _images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, by extension, hidden files (``._x.jpg``) excluded, sorted."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+
+
 def class_folders(folder: Path) -> list[Path]:
-    """Sub-folders of ``folder``, sorted by name."""
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+    """Sub-folders of ``folder`` that hold images, sorted by name; prints one line naming any skipped.
+
+    Hidden folders (``.git``, ``.ipynb_checkpoints``) and folders without images
+    are not classes: counting them would shift the class split.
+    """
+    folders = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.name)
+    skipped = [p.name for p in folders if p.name.startswith(".") or not _images(p)]
+    if skipped:
+        print(f"[Data] {folder}: skipped {len(skipped)} hidden or imageless folder(s), not classes: "
+              f"{', '.join(skipped)}")
+    return [p for p in folders if p.name not in skipped]
 
 
 def folder_samples(class_dirs: Sequence[Path], first_label: int) -> list[tuple[str, int]]:
     """(path, label) of every image file, classes labelled from ``first_label`` in the given order."""
-    samples = []
-    for offset, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        samples += [(str(p), first_label + offset) for p in files]
-    return samples
+    return [(str(p), first_label + offset) for offset, class_dir in enumerate(class_dirs) for p in _images(class_dir)]
 
 
 def read_rows(path: Path, skip: int, columns: int) -> list[list[str]]:

@@ -6,13 +6,21 @@ The cache stores that step's output for every sample of a split as an
 or the center crop (test) run per sample, on the very same pixels, so the
 outputs are bit-identical with and without the cache.
 
-The file name holds a key over the sample list (paths, labels, file sizes and
-modification times) and the resize size: any change gives a new key, so a
-stale cache is rebuilt, never used. Builds write a temporary file, fsync it and
-rename it, so an interrupted build leaves nothing a later run would trust.
+The file name ``<name>-<s>px-<key>-crc<crc32>.npy`` holds a key over the sample
+list (paths, labels, file sizes and modification times) and the resize size,
+so a stale cache is never used, and the CRC-32 of the whole file, verified
+every time the cache is opened: a damaged or truncated file is rebuilt, with a
+one-line notice. Building a new cache of a split removes the superseded ones
+(same name and size, other key). Builds write a temporary file, locked while
+it is written, fsync it and rename it; temporary files of killed builds are
+removed by the next ``prepare`` in the same folder.
 """
+import fcntl
 import hashlib
 import os
+import re
+import sys
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -24,10 +32,12 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from dataset.decode import load_rgb
+from dataset.decode import REPLACE_OR_REMOVE, load_rgb
 from errors import UserError
 
 Samples = Sequence[tuple[str, int]]
+CHUNK = 16 << 20  # bytes read at a time when checksumming
+_TEMPORARY = re.compile(r"\..+-\d+px-[0-9a-f]{20}\.npy\.(\d+)\.tmp")  # group 1: the building process
 
 
 def cached_resize_side(transform) -> int:
@@ -50,52 +60,147 @@ def cache_key(samples: Samples, side: int) -> str:
     return digest.hexdigest()[:20]
 
 
+def file_checksum(path: Path) -> int:
+    """CRC-32 of the whole file (header and pixels); see bench/cache_checksum.py for its speed."""
+    value = 0
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while read := f.readinto(buffer):
+            value = zlib.crc32(view[:read], value)
+    return value
+
+
 class _Resized(Dataset):
     """(index, (side, side, 3) uint8 array) of each sample, for building the cache in parallel."""
 
-    def __init__(self, samples: Samples, side: int):
+    def __init__(self, samples: Samples, side: int, advice: str):
         self.samples = samples
+        self.advice = advice
         self.resize = T.Resize((side, side), interpolation=InterpolationMode.LANCZOS)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        return index, torch.from_numpy(np.array(self.resize(load_rgb(self.samples[index][0]))))
+        return index, torch.from_numpy(np.array(self.resize(load_rgb(self.samples[index][0], self.advice))))
 
 
-def build(samples: Samples, side: int, path: Path, workers: int) -> None:
-    """Write the (N, side, side, 3) uint8 cache of ``samples`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _locked_temporary(cache_dir: Path, stem: str):
+    """A new temporary file in ``cache_dir``, opened and exclusively locked for as long as it is open."""
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
-        # its own generator: building a cache must not move the global torch RNG that training uses
-        loader = DataLoader(_Resized(samples, side), batch_size=None, num_workers=workers,
-                            generator=torch.Generator())
-        for index, pixels in tqdm(loader, total=len(samples), ncols=80, desc=f"[Cache] {path.name}"):
-            array[index] = pixels.numpy()
-        array.flush()
-        del array
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(cache_dir / f".{stem}.npy.{os.getpid()}.tmp", "wb")
+    except OSError as exc:
+        raise UserError(f"cannot write the cache in {cache_dir} ({exc.strerror}); make it writable or "
+                        "pass another --cache-dir") from exc
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
 
 
-def prepare(samples: Samples, side: int, cache_dir: str | Path, name: str, workers: int | None = None) -> Path:
-    """The path of the valid cache for ``samples``, built on first use."""
-    path = Path(cache_dir) / f"{name}-{side}px-{cache_key(samples, side)}.npy"
-    if not path.is_file():
-        build(samples, side, path, (os.cpu_count() or 1) if workers is None else workers)
+def build(samples: Samples, side: int, cache_dir: Path, stem: str, workers: int,
+          advice: str = REPLACE_OR_REMOVE) -> Path:
+    """Write the (N, side, side, 3) uint8 cache of ``samples`` atomically; its path, named ``stem`` + checksum."""
+    with _locked_temporary(cache_dir, stem) as handle:
+        tmp = Path(handle.name)
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(samples), side, side, 3))
+            # its own generator: building a cache must not move the global torch RNG that training uses
+            loader = DataLoader(_Resized(samples, side, advice), batch_size=None, num_workers=workers,
+                                generator=torch.Generator())
+            for index, pixels in tqdm(loader, total=len(samples), ncols=80, desc=f"[Cache] {stem}"):
+                array[index] = pixels.numpy()
+            array.flush()
+            del array
+            os.fsync(handle.fileno())
+            path = cache_dir / f"{stem}-crc{file_checksum(tmp):08x}.npy"
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        pass
+    return True
+
+
+def remove_orphans(cache_dir: Path) -> list[Path]:
+    """Remove the temporary files that killed builds left in ``cache_dir``; the paths removed.
+
+    A temporary file is left alone while the process named in it runs here
+    (a build between creating and locking it) or while a build holds it
+    locked (a build on another machine sharing the folder), and so is one
+    that cannot be removed (a read-only folder that still holds a valid cache).
+    """
+    removed = []
+    for path in cache_dir.glob(".*.tmp") if cache_dir.is_dir() else ():
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
+            removed.append(path)
+        except OSError:  # locked by a live build, already gone, or not removable
+            continue
+    return removed
+
+
+def damage(path: Path, expected: int, side: int) -> str | None:
+    """Why the cache file at ``path`` cannot be trusted to hold ``expected`` images of ``side`` px; None if sound."""
+    size = path.stat().st_size
+    pixels = expected * side * side * 3
+    if size < pixels:
+        return f"truncated: {size} bytes, at least {pixels} needed"
+    actual = f"{file_checksum(path):08x}"
+    stored = path.stem.rsplit("-crc", 1)[-1]
+    return None if actual == stored else f"checksum {actual}, expected {stored}"
+
+
+def _same_split(cache_dir: Path, name: str, side: int) -> list[Path]:
+    """Every cache file (any key, with or without a checksum) of split ``name`` at ``side`` px."""
+    pattern = re.compile(rf"{re.escape(name)}-{side}px-[0-9a-f]{{20}}(-crc[0-9a-f]{{8}})?\.npy")
+    return sorted(p for p in cache_dir.glob("*.npy") if pattern.fullmatch(p.name)) if cache_dir.is_dir() else []
+
+
+def prepare(samples: Samples, side: int, cache_dir: str | Path, name: str, workers: int | None = None,
+            advice: str = REPLACE_OR_REMOVE) -> Path:
+    """The path of the verified cache for ``samples``, built on first use or when damaged.
+
+    ``workers`` processes decode during a build (None: one per CPU); ``advice``
+    ends the error about an image that cannot be decoded.
+    """
+    cache_dir = Path(cache_dir)
+    remove_orphans(cache_dir)
+    stem = f"{name}-{side}px-{cache_key(samples, side)}"
+    for path in (p for p in _same_split(cache_dir, name, side) if p.name.startswith(f"{stem}-crc")):
+        problem = damage(path, len(samples), side)
+        if problem is None:
+            return path
+        print(f"[Cache] {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+    path = build(samples, side, cache_dir, stem, (os.cpu_count() or 1) if workers is None else workers, advice)
+    for old in _same_split(cache_dir, name, side):  # damaged and superseded files; the rebuilt one replaced its own
+
+        if old != path:
+            old.unlink(missing_ok=True)
     return path
 
 
 def open_cache(path: Path, expected: int) -> np.ndarray:
     """The read-only memory map of a cache file, checked to hold ``expected`` images."""
-    array = np.load(path, mmap_mode="r")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read the cache {path} ({exc}); delete it and run again") from exc
     if array.shape[0] != expected or array.dtype != np.uint8:
         raise UserError(f"cache {path} holds {array.shape[0]} images of {array.dtype}, expected {expected} of "
                         "uint8; delete it and run again")

@@ -12,10 +12,6 @@ class CUB200(Benchmark):
     required = ("images",)
     remotes = (Remote("CUB_200_2011.tgz", (CUB_URL,), CUB_MD5, provides="CUB_200_2011/images"),)
 
-    def how_to_get(self) -> str:
-        return (f"download it by running without --no-download, or fetch {CUB_URL} (md5 {CUB_MD5}) "
-                f"and extract it into {self.root}")
-
     def read_split(self, split: str) -> list[tuple[str, int]]:
         classes = class_folders(self.base / "images")
         half = len(classes) // 2

@@ -55,6 +55,14 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
             os.fsync(f.fileno())
 
 
+def _after_failure(part: Path) -> str:
+    """What became of ``part`` after a failed transfer: kept to resume if it holds data, else removed."""
+    if part.is_file() and part.stat().st_size > 0:
+        return f"the partial file {part} is kept and the next run resumes it"
+    part.unlink(missing_ok=True)
+    return "nothing was saved; check the address and the connection and run again"
+
+
 def download(url: str, path: str | Path, md5: str | None = None, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``path`` through ``path.part``, verified by ``md5`` before the final rename.
 
@@ -70,8 +78,7 @@ def download(url: str, path: str | Path, md5: str | None = None, timeout: float 
     try:
         _fetch(url, part, timeout)
     except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"download of {url} failed ({exc}); the partial file {part} is kept and "
-                        "the next run resumes it") from exc
+        raise UserError(f"download of {url} failed ({exc}); {_after_failure(part)}") from exc
     if _looks_like_html(part):
         bad = part.with_name(path.name + ".html")
         part.replace(bad)
@@ -81,7 +88,7 @@ def download(url: str, path: str | Path, md5: str | None = None, timeout: float 
         bad = part.with_name(path.name + ".bad")
         part.replace(bad)
         raise UserError(f"checksum mismatch for {url}: md5 {actual}, expected {md5}; the file is kept "
-                        f"aside as {bad} and was not used")
+                        f"aside as {bad} and was not used; the next run downloads it afresh")
     part.replace(path)
     return path
 

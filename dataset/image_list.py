@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from dataset import cache
-from dataset.decode import load_rgb
+from dataset.decode import REPLACE_OR_REMOVE, load_rgb
 
 from errors import UserError
 
@@ -16,19 +16,21 @@ class ImageList(Dataset):
     """Indexing returns (transformed image, int label); ``.samples`` lists (path, label).
 
     With ``cache_dir``, the first (resize) step of ``transform`` is served from
-    a decode-once cache named ``cache_name`` (see ``dataset.cache``) and only
-    the remaining steps run per sample; outputs are bit-identical.
+    a decode-once cache named ``cache_name`` (see ``dataset.cache``), built by
+    ``cache_workers`` processes (None: one per CPU), and only the remaining
+    steps run per sample; outputs are bit-identical.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None = None,
-                 cache_dir: str | Path | None = None, cache_name: str = "images"):
+                 cache_dir: str | Path | None = None, cache_name: str = "images", cache_workers: int | None = None):
         self.samples = list(samples)
         self.transform = transform
         self.cache_path = None
         self._cache = None
         if cache_dir is not None:
             side = cache.cached_resize_side(transform)
-            self.cache_path = cache.prepare(self.samples, side, cache_dir, cache_name)
+            self.cache_path = cache.prepare(self.samples, side, cache_dir, cache_name, cache_workers,
+                                            self.unreadable_advice())
             self.after_cache = T.Compose(transform.transforms[1:])
             cache.open_cache(self.cache_path, len(self.samples))
 
@@ -36,6 +38,10 @@ class ImageList(Dataset):
         state = self.__dict__.copy()
         state["_cache"] = None  # each worker maps the file itself instead of receiving a copy
         return state
+
+    def unreadable_advice(self) -> str:
+        """What the user can do about an image of this dataset that cannot be decoded."""
+        return REPLACE_OR_REMOVE
 
     @property
     def labels(self) -> list[int]:
@@ -55,7 +61,7 @@ class ImageList(Dataset):
             if self._cache is None:
                 self._cache = cache.open_cache(self.cache_path, len(self.samples))
             return self.after_cache(cache.image_at(self._cache, index)), label
-        image = load_rgb(path)
+        image = load_rgb(path, self.unreadable_advice())
         return (self.transform(image) if self.transform else image), label
 
 

@@ -15,6 +15,7 @@ class InShop(Benchmark):
     folder = "Inshop"
     required = ("list_eval_partition.txt", "img")
     splits = ("train", "query", "gallery")
+    listing = "list_eval_partition.txt"
     remotes = (Remote("Inshop/img.zip", (), None, provides="Inshop/img", extract_to="Inshop"),)
 
     def how_to_get(self) -> str:

@@ -12,12 +12,9 @@ class StanfordOnlineProducts(Benchmark):
 
     folder = "Stanford_Online_Products"
     required = ("Ebay_train.txt", "Ebay_test.txt")
+    listing = "Ebay_{split}.txt"
     remotes = (Remote("Stanford_Online_Products.zip", SOP_URLS, SOP_MD5,
                       provides="Stanford_Online_Products/Ebay_test.txt"),)
-
-    def how_to_get(self) -> str:
-        return (f"download it by running without --no-download, or fetch {SOP_URLS[0]} (md5 {SOP_MD5}) "
-                f"and unzip it into {self.root}")
 
     def read_split(self, split: str) -> list[tuple[str, int]]:
         rows = read_rows(self.base / f"Ebay_{split}.txt", skip=1, columns=4)
