@@ -150,7 +150,7 @@ class ClassFolderCopy:
 
 
 Copy = DevkitCopy | ClassFolderCopy
-LAYOUTS: tuple[Callable[[Path], Copy], ...] = (DevkitCopy, ClassFolderCopy)
+LAYOUTS: tuple[type[Copy], ...] = (DevkitCopy, ClassFolderCopy)
 
 
 def image_folder(root: Path, name: str) -> Path:
