@@ -20,9 +20,13 @@ def jpeg_bytes(seed: int, size=(40, 32)) -> bytes:
     return buf.getvalue()
 
 
-def write(path: Path, data: bytes) -> Path:
+def write(path: Path, data: bytes | Path) -> Path:
+    """Write ``data`` to ``path``, or hard-link the file ``data`` there (much faster for thousands of files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    if isinstance(data, Path):
+        path.hardlink_to(data)
+    else:
+        path.write_bytes(data)
     return path
 
 
@@ -35,23 +39,83 @@ def make_cub(root: Path, classes: int = 6, per_class: int = 4) -> Path:
     return root
 
 
-def make_cars(root: Path, classes: int = 6, per_class: int = 4) -> Path:
-    """``root/Cars196/car_ims/*.jpg`` and ``cars_annos.mat`` with class ids 1..98 train and 99.. test."""
-    base = root / "Cars196"
+CarImage = tuple[int, bool, bytes | Path]  # (class 1-196, in the official test set, content or file to link)
+_BBOX = {"bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 30, "bbox_y2": 20}
+
+
+def cars_images(classes: int = 6, per_class: int = 4) -> list[CarImage]:
+    """Half the classes numbered from 1 (train), the rest from 99 (test); every other image officially test."""
     ids = list(range(1, classes // 2 + 1)) + list(range(99, 99 + classes - classes // 2))
-    records = []
-    n = 0
-    for cls in ids:
-        for _ in range(per_class):
-            n += 1
-            rel = f"car_ims/{n:06d}.jpg"
-            write(base / rel, jpeg_bytes(cls * 100 + n))
-            records.append((rel, 1, 2, 30, 20, cls, n % 2))
-    dtype = [("relative_im_path", "O"), ("bbox_x1", "O"), ("bbox_y1", "O"), ("bbox_x2", "O"),
-             ("bbox_y2", "O"), ("class", "O"), ("test", "O")]
-    annotations = np.array([records], dtype=dtype)
+    numbered = enumerate((cls for cls in ids for _ in range(per_class)), start=1)
+    return [(cls, n % 2 == 1, jpeg_bytes(cls * 100 + n)) for n, cls in numbered]
+
+
+def _struct_array(rows: list[dict]) -> np.ndarray:
+    """A 1 x N struct array as savemat writes the devkit's ``annotations``; every row has the same fields."""
+    fields = list(rows[0])
+    return np.array([[tuple(row[f] for f in fields) for row in rows]], dtype=[(f, "O") for f in fields])
+
+
+def write_cars_original(root: Path, images: list[CarImage], bbox: bool = True) -> Path:
+    """``root/Cars196/car_ims/NNNNNN.jpg`` and ``cars_annos.mat``, in the order of ``images``.
+
+    Without ``bbox`` the bounding-box fields, which no parser reads, are left out (it makes savemat faster).
+    """
+    base = root / "Cars196"
+    rows = []
+    for n, (cls, test, data) in enumerate(images, start=1):
+        rel = f"car_ims/{n:06d}.jpg"
+        write(base / rel, data)
+        rows.append({"relative_im_path": rel, **(_BBOX if bbox else {}), "class": cls, "test": int(test)})
+    annotations = _struct_array(rows)
     class_names = np.array([[f"Car {i}" for i in range(1, 197)]], dtype=object)
     scipy.io.savemat(base / "cars_annos.mat", {"annotations": annotations, "class_names": class_names})
+    return root
+
+
+def make_cars(root: Path, classes: int = 6, per_class: int = 4) -> Path:
+    """``root/Cars196/car_ims/*.jpg`` and ``cars_annos.mat`` with class ids 1..98 train and 99.. test."""
+    return write_cars_original(root, cars_images(classes, per_class))
+
+
+def _official_sets(images: list[CarImage]) -> dict[str, list[tuple[str, int, bytes]]]:
+    """(file name, class, content) of the official train and test sets, numbered from 1 as in the devkit."""
+    sets = {"train": [], "test": []}
+    for cls, test, data in images:
+        files = sets["test" if test else "train"]
+        files.append((f"{len(files) + 1:05d}.jpg", cls, data))
+    return sets
+
+
+def write_cars_meta(path: Path, names: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"class_names": np.array([names], dtype=object)})
+
+
+def write_cars_devkit(root: Path, images: list[CarImage], folder: str = "stanford_cars", nested: bool = False,
+                      test_annos_in_devkit: bool = False, bbox: bool = True) -> Path:
+    """The torchvision layout (``nested``: Kaggle's ``cars_train/cars_train/``) under ``root/folder``."""
+    base = root / folder
+    for split, files in _official_sets(images).items():
+        images_dir = base / f"cars_{split}" / (f"cars_{split}" if nested else "")
+        for name, _, data in files:
+            write(images_dir / name, data)
+        annotations = _struct_array([{**(_BBOX if bbox else {}), "class": cls, "fname": name}
+                                     for name, cls, _ in files])
+        mat = "cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
+        where = base / "devkit" if split == "train" or test_annos_in_devkit else base
+        where.mkdir(parents=True, exist_ok=True)
+        scipy.io.savemat(where / mat, {"annotations": annotations})
+    write_cars_meta(base / "devkit" / "cars_meta.mat", [f"Car {i}" for i in range(1, 197)])
+    return root
+
+
+def write_cars_class_folders(root: Path, images: list[CarImage], names: list[str],
+                             folder: str = "Cars196") -> Path:
+    """``root/folder/{train,test}/<name>/NNNNN.jpg``, ``/`` in a name written as ``-`` like the by-class mirrors."""
+    for split, files in _official_sets(images).items():
+        for name, cls, data in files:
+            write(root / folder / split / names[cls - 1].replace("/", "-") / name, data)
     return root
 
 
