@@ -295,7 +295,7 @@ def build_datasets(args: argparse.Namespace) -> tuple:
     """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms."""
     train_tf, test_tf = build_transforms(args.backbone, args.image_size)
     cls = DATASETS[args.dataset]
-    kwargs = {"download": args.download, "cache_dir": args.cache_dir}
+    kwargs = {"download": args.download, "cache_dir": args.cache_dir, "cache_workers": args.workers}
     if args.dataset == "folder":
         kwargs["train_classes"] = args.train_classes
     eval_splits = ("query", "gallery") if args.dataset == "inshop" else ("test",)

@@ -290,3 +290,19 @@ def test_damaged_cache_in_a_read_only_folder_is_one_clear_line(tmp_path, monkeyp
     with pytest.raises(UserError, match="cannot write the cache in"):
         _cached(samples, tmp_path / "c")
     assert f"[Cache] {path} is damaged" in capsys.readouterr().err and path.exists()
+
+
+def test_run_py_passes_workers_to_the_cache_build(tmp_path, monkeypatch):
+    import run
+    seen = []
+
+    class Recording(DataLoader):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs["num_workers"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "DataLoader", Recording)
+    args = run.parse_args(["--data", str(make_cub(tmp_path / "data")), "--cache-dir", str(tmp_path / "c"),
+                           "--workers", "1", "--mode", "eval", "--image-size", "64", "--no-pretrained"])
+    run.build_datasets(args)
+    assert seen == [1]

@@ -158,13 +158,14 @@ def test_exploding_lr_stops_with_the_non_finite_message_not_a_traceback(cub_root
                            "--lr", "1e30"])
 
 
-def test_a_diverged_mdr_term_blames_mdr(cub_root, tmp_path, monkeypatch):
+def test_a_diverged_mdr_term_blames_mdr(cub_root, tmp_path, monkeypatch, recwarn):
     original = run.MDRLoss.regularizer
     monkeypatch.setattr(run.MDRLoss, "regularizer",
                         lambda self, e, lam, nu: original(self, e, lam, nu) * float("inf"))
     with pytest.raises(run.NonFiniteLoss, match="MDR term became non-finite .* --lambda-mdr"):
         _main(SMALL + ["--data", str(cub_root), "--save-dir", str(tmp_path / "r"), "--epochs", "1",
                        "--lambda-mdr", "0.5"])
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
 
 
 def test_eval_without_load_says_what_it_evaluates(cub_root, capsys):
