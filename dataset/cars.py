@@ -203,11 +203,11 @@ class Cars196(Benchmark):
     )
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
-                 download: bool = False, cache_dir: str | Path | None = None):
+                 download: bool = False, cache_dir: str | Path | None = None, cache_workers: int | None = None):
         self.copy = find_copy(Path(root))
         if self.copy is not None:
             self.folder = self.copy.root.name
-        super().__init__(root, split, transform, download and self.copy is None, cache_dir)
+        super().__init__(root, split, transform, download and self.copy is None, cache_dir, cache_workers)
 
     def is_complete(self) -> bool:
         return self.copy is not None or super().is_complete()

@@ -306,3 +306,10 @@ def test_run_py_passes_workers_to_the_cache_build(tmp_path, monkeypatch):
                            "--workers", "1", "--mode", "eval", "--image-size", "64", "--no-pretrained"])
     run.build_datasets(args)
     assert seen == [1]
+
+
+@pytest.mark.parametrize("name", ["cub200", "cars196", "sop", "inshop", "folder"])
+def test_every_dataset_takes_the_cache_worker_count(name):
+    import inspect
+    from dataset import DATASETS
+    assert "cache_workers" in inspect.signature(DATASETS[name]).parameters
