@@ -4,6 +4,7 @@
     python run.py --mode eval --dataset cub200 --load cub200.pth --recall 1 2 4 8
 """
 import argparse
+import contextlib
 import math
 import os
 import random
@@ -14,20 +15,23 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import DATASETS
-from dataset.sampler import PKSampler
+from dataset.sampler import PKSampler, SeededShards
 from dataset.transforms import build_transforms
 from errors import UserError
+from experiment import distributed
+from experiment.distributed import Context
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
 from experiment.resume import check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
 from loss.mdr import MDRLoss
-from loss.sampler import SAMPLERS
+from loss.sampler import SAMPLERS, build_sampler
 from loss.triplet import TripletLoss
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import nmi
@@ -188,12 +192,15 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> float:
+                    scaler: torch.amp.GradScaler | None = None, ctx: Context = Context()) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
     ``amp_dtype`` runs the network under autocast; the embeddings, the losses
     and the MDR statistics stay float32. ``scaler`` scales fp16 gradients.
+    Under torchrun (``ctx``), ``model`` is the DDP-wrapped model and each rank
+    holds a slice of the batch: the linear outputs and labels of all ranks are
+    gathered, and the head's scaling, the triplet loss and MDR see the whole batch.
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -203,11 +210,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     model.train()
     freeze_batchnorm(model)
     losses, regs = [], []
-    progress = tqdm(loader, ncols=80)
+    progress = tqdm(loader, ncols=80, disable=not ctx.is_main)
     for iteration, (images, labels) in enumerate(progress):
         images, labels = to_device(images, device), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            embedding = model(images)
+            embedding = model(images, finish=not ctx.active)
+        if ctx.active:
+            embedding = model.module.finish(distributed.gather_batch(embedding.float(), ctx))
+            labels = distributed.gather_rows(labels, ctx)
         embedding = embedding.float()
         where = f"at epoch {epoch}, iteration {iteration}; the last good checkpoint is kept"
         if not torch.isfinite(embedding).all():
@@ -246,36 +256,48 @@ def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
 
 
 @torch.inference_mode()
-def extract(model: nn.Module, loader: DataLoader, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 embeddings and (N,) labels of a loader, in eval mode."""
+def extract(model: nn.Module, loader: DataLoader, desc: str,
+            ctx: Context = Context()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float32 embeddings and (N,) labels of a loader, in eval mode.
+
+    Under torchrun each rank's loader holds its contiguous shard of the set;
+    the shards are gathered back in dataset order on every rank.
+    """
     device = next(model.parameters()).device
     model.eval()
     embeddings, labels = [], []
-    for images, batch_labels in tqdm(loader, ncols=80, desc=desc):
+    for images, batch_labels in tqdm(loader, ncols=80, desc=desc, disable=not ctx.is_main):
         embeddings.append(model(to_device(images, device)).float())
         labels.append(batch_labels.to(device))
-    return torch.cat(embeddings), torch.cat(labels)
+    embeddings = torch.cat(embeddings) if embeddings else torch.empty(0, model.linear.out_features, device=device)
+    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
+    return distributed.gather_rows(embeddings, ctx), distributed.gather_rows(labels, ctx)
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
-             metrics: Iterable[str] = ("recall",), keep: dict | None = None) -> dict[str, float]:
+             metrics: Iterable[str] = ("recall",), keep: dict | None = None,
+             ctx: Context = Context()) -> dict[str, float]:
     """Recall@K (percent) and the other requested metrics on the test split, or query -> gallery.
 
     ``loaders`` holds "test", or "query" and "gallery". Returns {"Recall@K": ..., "MAP@R": ...}.
-    ``keep``, if given, receives {split: (embeddings, labels)}.
+    ``keep``, if given, receives {split: (embeddings, labels)}. Under torchrun
+    every rank embeds its shard, and rank 0 computes the metrics for all.
     """
-    if "query" in loaders:
-        query, q_labels = extract(model, loaders["query"], "[Eval][Epoch %d] query" % epoch)
-        gallery, g_labels = extract(model, loaders["gallery"], "[Eval][Epoch %d] gallery" % epoch)
-        if keep is not None:
-            keep.update(query=(query, q_labels), gallery=(gallery, g_labels))
+    embedded = {name: extract(model, loader, f"[Eval][Epoch {epoch}] {name}", ctx) for name, loader in loaders.items()}
+    if keep is not None:
+        keep.update(embedded)
+    return distributed.on_main(ctx, lambda: compute_metrics(embedded, ks, epoch, metrics))
+
+
+def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable[str]) -> dict[str, float]:
+    """The metrics of {split: ((N, D) embeddings, (N,) labels)}, printed; percent."""
+    if "query" in embedded:
+        (query, q_labels), (gallery, g_labels) = embedded["query"], embedded["gallery"]
         recall = recall_at_k_query_gallery(query, q_labels, gallery, g_labels, ks)
         extra = map_at_r_query_gallery(query, q_labels, gallery, g_labels) if "map_r" in metrics else {}
         clusters = (query, q_labels)
     else:
-        emb, labels = extract(model, loaders["test"], "[Eval][Epoch %d]" % epoch)
-        if keep is not None:
-            keep["test"] = (emb, labels)
+        emb, labels = embedded["test"]
         recall = recall_at_k(emb, labels, ks)
         extra = map_at_r(emb, labels) if "map_r" in metrics else {}
         clusters = (emb, labels)
@@ -304,31 +326,37 @@ def build_datasets(args: argparse.Namespace) -> tuple:
     return train, evals
 
 
-def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: torch.device):
+def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: torch.device,
+                  ctx: Context = Context()):
+    """(train loader or None, {split: eval loader}); under torchrun each rank loads its share."""
     pin = device.type == "cuda"
     common = {"num_workers": args.workers, "pin_memory": pin, "persistent_workers": args.workers > 0}
     train_loader = None
     if train_set is not None:
         sampler = PKSampler(train_set.labels, args.batch, args.num_image_per_class, args.iter_per_epoch,
                             seed=args.seed, class_order=train_set.class_order)
-        train_loader = DataLoader(train_set, batch_sampler=sampler, **common)
-    eval_loaders = {name: DataLoader(ds, batch_size=args.eval_batch, shuffle=False, **common)
+        shards = SeededShards(sampler, args.seed, ctx.rank, ctx.world)
+        train_loader = DataLoader(train_set, batch_sampler=shards, **common)
+    eval_loaders = {name: DataLoader(Subset(ds, distributed.shard_range(len(ds), ctx)) if ctx.active else ds,
+                                     batch_size=args.eval_batch, shuffle=False, **common)
                     for name, ds in eval_sets.items()}
     return train_loader, eval_loaders
 
 
-def rng_state(sampler: PKSampler) -> dict:
+def rng_state(sampler: SeededShards, negatives: torch.Generator) -> dict:
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "sampler": sampler.state_dict()}
+            "sampler": sampler.state_dict(), "negatives": negatives.get_state()}
 
 
-def set_rng_state(state: dict, sampler: PKSampler) -> None:
+def set_rng_state(state: dict, sampler: SeededShards, negatives: torch.Generator) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
     sampler.load_state_dict(state["sampler"])
+    if "negatives" in state:
+        negatives.set_state(state["negatives"])
 
 
 def print_table(results: dict[str, float]) -> None:
@@ -356,16 +384,25 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    """Train (in a claimed run folder) or evaluate, as ``args`` say; returns the last results."""
+    """Train (in a claimed run folder) or evaluate, as ``args`` say; returns the last results.
+
+    Under torchrun every rank runs this; rank 0 claims the folder and writes every file.
+    """
+    ctx = distributed.from_environment()
     print(f"Seed: {args.seed}")
     seed_everything(args.seed)
-    device = select_device(args.device)
+    device = distributed.device_for(ctx, select_device(args.device))
     configure_backends(device, args.deterministic)
-    if args.mode == "eval":
-        return evaluate_only(args, device)
-    with claim_run_dir(args.save_dir, args.resume, args.overwrite) as save_dir:
+    if args.batch % ctx.world:
+        raise UserError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
+                        f"use a multiple of {ctx.world}")
+    with distributed.process_group(ctx, device), contextlib.ExitStack() as stack:
+        if args.mode == "eval":
+            return evaluate_only(args, device, ctx)
+        save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
+            claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")
-        return train(args, device, save_dir)
+        return train(args, device, save_dir, ctx)
 
 
 def build_run_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
@@ -380,65 +417,86 @@ def build_run_model(args: argparse.Namespace, device: torch.device) -> nn.Module
     return model
 
 
-def build_data(args: argparse.Namespace, device: torch.device):
-    """(train set, eval sets, train loader, eval loaders), with their sizes printed."""
-    train_set, eval_sets = build_datasets(args)
+def build_data(args: argparse.Namespace, device: torch.device, ctx: Context = Context()):
+    """(train set, eval sets, train loader, eval loaders), with their sizes printed.
+
+    Rank 0 downloads, extracts and caches first; the other ranks then read the same files.
+    """
+    with distributed.main_first(ctx):
+        train_set, eval_sets = build_datasets(args)
     if train_set is not None:
         print("Number of images in Training Set: %d" % len(train_set))
     for name, ds in eval_sets.items():
         print("Number of images in %s set: %d" % (name.capitalize(), len(ds)))
-    return (train_set, eval_sets) + build_loaders(args, train_set, eval_sets, device)
+    return (train_set, eval_sets) + build_loaders(args, train_set, eval_sets, device, ctx)
 
 
-def evaluate_only(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context = Context()) -> dict[str, float]:
     """--mode eval: evaluate --load (or, saying so, the initial model) and write the requested extras."""
     if args.load is None:
         print("No --load given: evaluating the initial model ("
               + ("ImageNet backbone" if args.pretrained else "random backbone") + ", random embedding head)")
     model = build_run_model(args, device)
-    _, eval_sets, _, eval_loaders = build_data(args, device)
+    _, eval_sets, _, eval_loaders = build_data(args, device, ctx)
     embedded: dict = {}
-    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
+    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx)
     print_table(results)
-    if args.save_embeddings or args.save_retrievals:
+    if ctx.is_main and (args.save_embeddings or args.save_retrievals):
         with lock_dir(Path(args.save_dir or DEFAULT_SAVE_DIR)) as save_dir:
             finish_eval(args, embedded, eval_sets, save_dir)
     return results
 
 
-def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dict[str, float]:
+def resumed_checkpoint(args: argparse.Namespace, save_dir: Path, ctx: Context) -> tuple[dict | None, bool]:
+    """(the checkpoint --resume names, whether it has epochs left), read and checked on rank 0 for all.
+
+    Its derived files are rebuilt, so a run killed after its checkpoint was written loses nothing.
+    """
+    if args.resume is None:
+        return None, True
+
+    def read() -> tuple[dict, bool]:
+        state = read_checkpoint(resume_checkpoint(args.resume))
+        unfinished = check_resume(state, args, str(save_dir))
+        state = upgraded_checkpoint(state, save_dir, selection_key(args.recall))
+        write_outputs(save_dir, state)
+        return state, unfinished
+
+    return distributed.on_main(ctx, read)
+
+
+def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: Context = Context()) -> dict:
     """The authors' training run in ``save_dir``: epoch 0 evaluation, then train and evaluate every epoch.
 
     At the end of each epoch the checkpoint is written first; best.pth,
     last.pth, metrics.jsonl and result.txt are then derived from it, and a
-    resume derives them again, so a kill at any moment loses nothing.
+    resume derives them again, so a kill at any moment loses nothing. Under
+    torchrun the model is wrapped in DDP and only rank 0 writes.
     """
-    resumed = read_checkpoint(resume_checkpoint(args.resume)) if args.resume is not None else None
-    if resumed is not None:
-        unfinished = check_resume(resumed, args, str(save_dir))
-        resumed = upgraded_checkpoint(resumed, save_dir, selection_key(args.recall))
-        write_outputs(save_dir, resumed)
-        if not unfinished:
-            return resumed["results"]
+    resumed, unfinished = resumed_checkpoint(args, save_dir, ctx)
+    if not unfinished:
+        return resumed["results"]
     model = build_run_model(args, device)
-    train_set, eval_sets, train_loader, eval_loaders = build_data(args, device)
-    criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
+    train_set, eval_sets, train_loader, eval_loaders = build_data(args, device, ctx)
+    negatives = torch.Generator(device=device).manual_seed(args.seed)
+    criterion = TripletLoss(margin=0.2, sampler=build_sampler(args.sampler, negatives))
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
                                   {"params": mdr.parameters(), "lr": args.lr}], weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
+    trained = DistributedDataParallel(model, broadcast_buffers=False) if ctx.active else model
     embedded: dict = {}
 
-    def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> dict:
+    def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> None:
         state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                 "key": key, "results": results, "history": history, "rng": rng_state(sampler),
+                 "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
                  "args": run_flags(args)}
-        save_atomic(state, save_dir / "checkpoint.pth")
-        write_outputs(save_dir, state)
-        return state
+        if ctx.is_main:
+            save_atomic(state, save_dir / "checkpoint.pth")
+            write_outputs(save_dir, state)
 
     key = selection_key(args.recall)
     if resumed is not None:
@@ -446,13 +504,13 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
         mdr.load_state_dict(resumed["mdr"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        set_rng_state(resumed["rng"], sampler)
+        set_rng_state(resumed["rng"], sampler, negatives)
         start, results, best, best_epoch = (resumed["epoch"] + 1, resumed["results"], resumed["best"],
                                             resumed["best_epoch"])
         key, history = resumed["key"], resumed["history"]
         print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
-        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded)
+        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx)
         start, best, best_epoch, history = 1, results[key], 0, []
         checkpoint(0, results, best, best_epoch, history)
 
@@ -461,10 +519,11 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
         for epoch in range(start, args.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             stats: dict = {}
-            loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler)
+            sampler.set_epoch(epoch)
+            loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
+                                   epoch, stats, amp_dtype, scaler, ctx)
             scheduler.step()
-            results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
+            results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx)
             if results[key] > best:
                 best, best_epoch = results[key], epoch
             history.append({"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
@@ -478,13 +537,19 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
         raise Interrupted(f"{signal_name} during epoch {epoch}; {save_dir / 'checkpoint.pth'} holds the run after "
                           f"epoch {epoch - 1} (the partial epoch is dropped so that resuming stays exact); "
                           f"continue with --resume {save_dir}", code) from None
+    if ctx.is_main:
+        finish_run(args, embedded, eval_sets, mdr, save_dir)
+    return results
+
+
+def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: MDRLoss, save_dir: Path) -> None:
+    """The end-of-run extras: the MDR distance sample, embeddings, retrievals and plots."""
     if embedded:
         save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
     finish_eval(args, embedded, eval_sets, save_dir)
     if args.plot:
         for path in plot_run(save_dir):
             print(f"Plot written to {path}")
-    return results
 
 
 def print_record(record: dict) -> None:

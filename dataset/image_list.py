@@ -55,7 +55,21 @@ class ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """The sample at ``index``; an ``(index, seed)`` pair draws its random augmentation from ``seed``.
+
+        With a seed the transform runs on a forked torch RNG seeded with it, so a
+        sample's crop and flip do not depend on which process loads it, and the
+        caller's RNG is left untouched.
+        """
+        if isinstance(index, tuple):
+            index, seed = index
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._load(index)
+        return self._load(index)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         if self.cache_path is not None:
             if self._cache is None:

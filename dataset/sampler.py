@@ -1,4 +1,5 @@
 """P x K batch sampler that draws exactly the batches of the authors' ``MImagesPerClassSampler``."""
+import hashlib
 import random
 from collections import defaultdict
 from typing import Iterator, Sequence
@@ -54,6 +55,50 @@ class PKSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.setstate(state["rng"])
+
+
+def augmentation_seed(seed: int, epoch: int, iteration: int, position: int) -> int:
+    """A 63-bit torch seed for the sample at ``position`` of the global batch ``iteration`` of ``epoch``."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{iteration}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededShards:
+    """The batches of a ``PKSampler``, as this rank's slice of ``(index, augmentation seed)`` pairs.
+
+    Every rank draws the same global batch; rank ``r`` of ``world`` loads the
+    ``r``-th of ``world`` equal contiguous slices. Each sample's augmentation
+    seed comes from (seed, epoch, iteration, position in the global batch), so
+    the images are the same for any number of DataLoader workers or ranks.
+    Call ``set_epoch`` before each epoch.
+    """
+
+    def __init__(self, sampler: PKSampler, seed: int, rank: int = 0, world: int = 1):
+        self.sampler, self.seed, self.rank, self.world = sampler, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for iteration, batch in enumerate(self.sampler):
+            if len(batch) % self.world:
+                raise UserError(f"a batch of {len(batch)} images does not split evenly over {self.world} "
+                                f"processes; choose --batch and --num-image-per-class so that every batch is a "
+                                f"multiple of {self.world} (the training set may have too few classes for --batch)")
+            size = len(batch) // self.world
+            start = self.rank * size
+            yield [(index, augmentation_seed(self.seed, self.epoch, iteration, start + offset))
+                   for offset, index in enumerate(batch[start:start + size])]
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
 
 
 def indices_by_class(labels: Sequence[int]) -> dict[int, list[int]]:

@@ -140,3 +140,9 @@ SAMPLERS = {
     "random": RandomNegative,
     "all": AllPairs,
 }
+
+
+def build_sampler(name: str, generator: torch.Generator | None = None):
+    """The triplet sampler ``name``; the random ones (distance, random) draw from ``generator``."""
+    cls = SAMPLERS[name]
+    return cls(generator=generator) if cls in (DistanceWeighted, RandomNegative) else cls()

@@ -18,23 +18,28 @@ class Embedding(nn.Module):
         self.base = base
         self.linear = nn.Linear(feature_size, embedding_size)
 
-    def head(self, feat: torch.Tensor) -> torch.Tensor:
-        """(N, feature_size) features -> (N, embedding_size) embeddings."""
-        embedding = self.linear(feat)
+    def finish(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(N, D) linear outputs of a whole batch -> embeddings; training mode divides by their mean distance."""
         if not self.training:
             return embedding
         with torch.autocast(embedding.device.type, enabled=False):  # distances stay float32 under --amp
             embedding = embedding.float()
             return embedding / off_diagonal(pdist(embedding)).mean()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.base(x).flatten(1))
+    def head(self, feat: torch.Tensor) -> torch.Tensor:
+        """(N, feature_size) features -> (N, embedding_size) embeddings."""
+        return self.finish(self.linear(feat))
+
+    def forward(self, x: torch.Tensor, finish: bool = True) -> torch.Tensor:
+        """(N, 3, H, W) images -> (N, D) embeddings; ``finish=False`` gives the linear outputs, to be
+        finished on the whole batch gathered from every process."""
+        out = self.linear(self.base(x).flatten(1))
+        return self.finish(out) if finish else out
 
 
 class L2NormEmbedding(Embedding):
     """Linear head whose output is always L2-normalised."""
 
-    def head(self, feat: torch.Tensor) -> torch.Tensor:
-        embedding = self.linear(feat)
+    def finish(self, embedding: torch.Tensor) -> torch.Tensor:
         with torch.autocast(embedding.device.type, enabled=False):  # normalised in float32 under --amp
             return F.normalize(embedding.float(), dim=1, p=2)

@@ -85,7 +85,7 @@ def _recording_run(argv, monkeypatch, seen: list, stop_after: int | None = None)
             def getitem(self, index):
                 if stop_after is not None and len(seen) >= stop_after:
                     raise Stop
-                seen.append(index)
+                seen.append(index[0])  # (dataset index, augmentation seed)
                 return base.__getitem__(self, index)
 
             train.__class__ = type("Recording" + base.__name__, (base,), {"__getitem__": getitem})

@@ -1,0 +1,146 @@
+"""torchrun support: the process group, rank checks, batch gathers and sharded evaluation, in one place.
+
+Without torchrun (no ``WORLD_SIZE`` above 1 in the environment) everything here
+is a no-op for one process, so ``python run.py`` behaves as before.
+"""
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+from errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run: ``rank`` of ``world`` processes, its ``local_rank`` on the node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def from_environment() -> Context:
+    """The torchrun context (RANK, WORLD_SIZE, LOCAL_RANK), or one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Context()
+    return Context(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(ctx: Context, device: torch.device) -> torch.device:
+    """Each rank's CUDA device is its LOCAL_RANK; other devices are shared."""
+    if ctx.active and device.type == "cuda":
+        torch.cuda.set_device(ctx.local_rank)
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+@contextmanager
+def process_group(ctx: Context, device: torch.device) -> Iterator[None]:
+    """The process group (nccl on CUDA, gloo otherwise) for the ``with``; rank > 0 prints nothing to stdout."""
+    if not ctx.active:
+        yield
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ctx.rank, world_size=ctx.world)
+    stdout = sys.stdout
+    if not ctx.is_main:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        yield
+    finally:
+        if not ctx.is_main:
+            sys.stdout.close()
+            sys.stdout = stdout
+        dist.destroy_process_group()
+
+
+def on_main(ctx: Context, work: Callable[[], T]) -> T:
+    """Run ``work`` on rank 0 only and give its result, or its UserError, to every rank."""
+    if not ctx.active:
+        return work()
+    box: list = [None]
+    if ctx.is_main:
+        try:
+            box[0] = ("ok", work())
+        except UserError as exc:
+            box[0] = ("error", str(exc))
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise UserError(value)
+    return value
+
+
+@contextmanager
+def main_first(ctx: Context) -> Iterator[None]:
+    """Rank 0 runs the block first (downloads, cache builds); the others run it after a barrier.
+
+    A UserError on rank 0 ends every rank with the same message.
+    """
+    if not ctx.active:
+        yield
+        return
+    if ctx.is_main:
+        error = None
+        try:
+            yield
+        except UserError as exc:
+            error = str(exc)
+        on_main(ctx, lambda: _reraise(error))
+        return
+    on_main(ctx, lambda: None)
+    yield
+
+
+def _reraise(error: str | None) -> None:
+    if error is not None:
+        raise UserError(error)
+
+
+def gather_batch(local: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """(n, ...) rows of every rank -> (world * n, ...) in rank order, with gradients flowing back.
+
+    Every rank computes the same loss on the gathered batch; the backward of
+    the gather sums the ranks' gradients (world x this rank's share) and DDP
+    averages them (/ world), so the update equals the single-process one.
+    """
+    if not ctx.active:
+        return local
+    return torch.cat(dist_nn.all_gather(local))
+
+
+def gather_rows(local: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Concatenate every rank's (n_r, ...) rows in rank order; the n_r may differ. No gradient."""
+    if not ctx.active:
+        return local
+    sizes = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(ctx.world)]
+    dist.all_gather(sizes, torch.tensor([len(local)], device=local.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(ctx.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(size.item())] for part, size in zip(parts, sizes)])
+
+
+def shard_range(n: int, ctx: Context) -> range:
+    """This rank's contiguous share of ``n`` items: the first ``n % world`` ranks get one more."""
+    base, extra = divmod(n, ctx.world)
+    start = ctx.rank * base + min(ctx.rank, extra)
+    return range(start, start + base + (ctx.rank < extra))

@@ -1,0 +1,201 @@
+"""torchrun gives the single-process run: the same steps, weights, MDR state and Recall@K, on 2 gloo processes."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import run
+from dataset import CUB200
+from dataset.sampler import PKSampler, SeededShards, augmentation_seed
+from dataset.transforms import build_transforms
+from experiment import distributed
+from experiment.distributed import Context
+from loss.mdr import MDRLoss
+from loss.sampler import build_sampler
+from loss.triplet import TripletLoss
+from minidata import make_cub
+from model import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--batch", "8", "--num-image-per-class", "2",
+         "--iter-per-epoch", "2", "--eval-batch", "4", "--backbone", "resnet18", "--embedding-size", "16",
+         "--lr", "5e-5", "--lr-decay-epochs", "5", "--lambda-mdr", "0.6", "--nu-mdr", "0.01"]
+# The runs use the authors' CUB learning rate. Adam moves a weight by about lr whatever the size of its
+# gradient, so a gradient at rounding level (the ranks sum their halves in another order) can move it
+# either way: after 4 steps at lr 1e-3 the weights differ by 6e-4 of their norm, at 5e-5 by 5e-6.
+CASES = {"triplet": (False, 0.0, 0.0), "l2norm": (True, 0.0, 0.0), "mdr": (False, 0.6, 0.01)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_env(port: int) -> dict:
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def test_shards_cover_every_item_once_in_order():
+    for n in (0, 1, 7, 15, 16):
+        for world in (1, 2, 3):
+            ranges = [distributed.shard_range(n, Context(r, world)) for r in range(world)]
+            assert [i for r in ranges for i in r] == list(range(n))
+            assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
+
+
+def test_every_rank_loads_its_slice_with_the_global_positions_seeds():
+    labels = [i % 6 for i in range(36)]
+    whole = list(SeededShards(PKSampler(labels, 12, 2, 3, seed=4), seed=4))
+    halves = [list(SeededShards(PKSampler(labels, 12, 2, 3, seed=4), seed=4, rank=r, world=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == whole
+    assert whole[1][5] == (whole[1][5][0], augmentation_seed(4, 0, 1, 5))
+    three = SeededShards(PKSampler(labels, 10, 2, 1, seed=4), seed=4, rank=0, world=3)
+    with pytest.raises(run.UserError, match="batch of 10 images does not split evenly over 3"):
+        list(three)
+
+
+def test_a_samples_augmentation_depends_on_its_seed_only(tmp_path):
+    train_tf, _ = build_transforms("resnet18", 64)
+    ds = CUB200(make_cub(tmp_path), "train", transform=train_tf)
+    torch.manual_seed(0)
+    a = ds[(3, 1234)][0]
+    torch.manual_seed(99)
+    state = torch.get_rng_state()
+    b = ds[(3, 1234)][0]
+    assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(a, ds[(3, 1235)][0])
+
+
+def _step(case: str, images, labels, ctx: Context):
+    """One training step of ``case`` on this rank's slice; returns (loss, model, mdr)."""
+    l2norm, lam, nu = CASES[case]
+    torch.manual_seed(0)
+    model = build_model("resnet18", 16, l2norm, pretrained=False)
+    mdr = MDRLoss()
+    criterion = TripletLoss(sampler=build_sampler("distance", torch.Generator().manual_seed(3)))
+    optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": 1e-3},
+                                  {"params": mdr.parameters(), "lr": 1e-3}], weight_decay=1e-5)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if ctx.active else model
+    size = len(images) // ctx.world
+    part = slice(ctx.rank * size, (ctx.rank + 1) * size)
+    loss = run.train_one_epoch(trained, [(images[part], labels[part])], optimizer, criterion, mdr, lam, nu, ctx=ctx)
+    return loss, model, mdr
+
+
+def _rank_steps(rank: int, world: int, port: int, out: str, images, labels) -> None:
+    os.environ.update(loopback_env(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        results = {}
+        for case in CASES:
+            loss, model, mdr = _step(case, images, labels, Context(rank, world))
+            results[case] = {"loss": loss, "model": model.state_dict(), "mdr": mdr.state_dict()}
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def flat(state: dict) -> torch.Tensor:
+    return torch.cat([v.flatten().double() for k, v in sorted(state.items()) if v.is_floating_point()])
+
+
+def relative(a: dict, b: dict) -> float:
+    return float((flat(a) - flat(b)).norm() / flat(b).norm())
+
+
+def test_one_step_on_two_processes_equals_one_process(tmp_path):
+    torch.manual_seed(5)
+    images, labels = torch.randn(8, 3, 64, 64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    out = str(tmp_path / "step")
+    mp.spawn(_rank_steps, args=(2, free_port(), out, images, labels), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    for case in CASES:
+        loss, model, mdr = _step(case, images, labels, Context())
+        one = model.state_dict()
+        before = build_model("resnet18", 16, CASES[case][0], pretrained=False).state_dict()
+        assert ranks[0][case]["loss"] == pytest.approx(loss, rel=1e-5), case
+        assert relative(ranks[0][case]["model"], one) < 1e-5, case
+        # a missing or doubled world-size factor would scale the update of every weight
+        update = {k: one[k] - before[k] for k in one if one[k].is_floating_point()}
+        update_2 = {k: ranks[0][case]["model"][k] - before[k] for k in update}
+        assert relative(update_2, update) < 1e-3, case
+        for key, value in ranks[0][case]["mdr"].items():
+            assert torch.equal(value, ranks[1][case]["mdr"][key]), (case, key)
+            assert torch.allclose(value.float(), mdr.state_dict()[key].float(), rtol=1e-5), (case, key)
+
+
+def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(ROOT / "run.py")] + argv
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_trains_the_single_process_model_and_resumes_across_world_sizes(tmp_path):
+    root = make_cub(tmp_path / "data", classes=6, per_class=5)  # 15 test images: shards of 8 and 7
+    common = SMALL + ["--data", str(root), "--workers", "0"]
+    single, ddp, mixed = tmp_path / "single", tmp_path / "ddp", tmp_path / "mixed"
+    run.main(run.parse_args(common + ["--save-dir", str(single), "--epochs", "2"]))
+
+    done = _torchrun(common + ["--save-dir", str(ddp), "--epochs", "2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Run folder:") == 1
+    a, b = (torch.load(d / "last.pth", weights_only=True) for d in (single, ddp))
+    assert a.keys() == b.keys() and relative(b, a) < 1e-5
+    ca, cb = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (single, ddp))
+    for key in ca["mdr"]:
+        assert torch.allclose(ca["mdr"][key].float(), cb["mdr"][key].float(), rtol=1e-5), key
+    ra, rb = _records(single), _records(ddp)
+    assert [r["epoch"] for r in rb] == [1, 2]
+    assert [{k: v for k, v in r.items() if k.startswith("Recall@")} for r in ra] == \
+           [{k: v for k, v in r.items() if k.startswith("Recall@")} for r in rb]
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+
+    done = _torchrun(common + ["--save-dir", str(mixed), "--epochs", "1"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    run.main(run.parse_args(common + ["--resume", str(mixed), "--epochs", "2"]))
+    assert relative(torch.load(mixed / "last.pth", weights_only=True), a) < 1e-5
+    assert [r["epoch"] for r in _records(mixed)] == [1, 2]
+
+
+def test_the_same_seed_gives_the_same_weights_for_any_worker_count(tmp_path):
+    root = make_cub(tmp_path / "data")
+    for workers in ("0", "2"):
+        run.main(run.parse_args(SMALL + ["--data", str(root), "--workers", workers, "--epochs", "1",
+                                         "--save-dir", str(tmp_path / workers)]))
+    a, b = (torch.load(tmp_path / w / "last.pth", weights_only=True) for w in ("0", "2"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_batch_that_does_not_divide_is_an_error_naming_the_numbers(tmp_path):
+    root = make_cub(tmp_path / "data")
+    done = _torchrun(SMALL + ["--data", str(root), "--workers", "0", "--batch", "9", "--num-image-per-class", "3",
+                              "--save-dir", str(tmp_path / "r"), "--epochs", "1"])
+    assert done.returncode != 0
+    assert "--batch 9 does not split evenly over 2 processes" in done.stderr
+
+
+@pytest.mark.parametrize("fault", ["corrupt image", "diverged loss"])
+def test_a_failure_on_any_rank_ends_the_run_with_its_message_and_no_hang(tmp_path, fault):
+    root = make_cub(tmp_path / "data")
+    argv = SMALL + ["--data", str(root), "--workers", "0", "--save-dir", str(tmp_path / "r"), "--epochs", "1"]
+    if fault == "corrupt image":
+        bad = sorted((root / "CUB_200_2011" / "images").rglob("*.jpg"))[1]  # a training image
+        bad.write_bytes(b"not a jpeg")
+        expected = bad.name
+    else:
+        argv += ["--lr", "1e30"]
+        expected = "became non-finite"
+    done = _torchrun(argv)
+    assert done.returncode != 0 and expected in done.stderr, done.stderr[-3000:]
