@@ -115,10 +115,9 @@ def test_caches_of_two_data_roots_do_not_supersede_each_other(tmp_path):
     assert first.exists() and second.exists() and first != second
 
 
-@pytest.mark.parametrize("make", [lambda root, **kw: CUB200(make_cub(root), "test", **kw),
-                                  lambda root, **kw: Folder(make_folder(root), "test", **kw)])
-@pytest.mark.parametrize("workers", [0, 2])
-def test_cache_build_uses_the_given_worker_count(tmp_path, monkeypatch, make, workers):
+@pytest.fixture
+def build_workers(monkeypatch) -> list:
+    """The worker counts of the cache builds' DataLoaders, as they are created."""
     seen = []
 
     class Recording(DataLoader):
@@ -127,8 +126,15 @@ def test_cache_build_uses_the_given_worker_count(tmp_path, monkeypatch, make, wo
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(cache, "DataLoader", Recording)
+    return seen
+
+
+@pytest.mark.parametrize("make", [lambda root, **kw: CUB200(make_cub(root), "test", **kw),
+                                  lambda root, **kw: Folder(make_folder(root), "test", **kw)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cache_build_uses_the_given_worker_count(tmp_path, build_workers, make, workers):
     make(tmp_path / "data", transform=TEST_TF, cache_dir=tmp_path / "c", cache_workers=workers)
-    assert seen == [workers]
+    assert build_workers == [workers]
 
 
 def _unwritable(tmp_path: Path) -> Path:
@@ -292,20 +298,12 @@ def test_damaged_cache_in_a_read_only_folder_is_one_clear_line(tmp_path, monkeyp
     assert f"[Cache] {path} is damaged" in capsys.readouterr().err and path.exists()
 
 
-def test_run_py_passes_workers_to_the_cache_build(tmp_path, monkeypatch):
+def test_run_py_passes_workers_to_the_cache_build(tmp_path, build_workers):
     import run
-    seen = []
-
-    class Recording(DataLoader):
-        def __init__(self, *args, **kwargs):
-            seen.append(kwargs["num_workers"])
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(cache, "DataLoader", Recording)
     args = run.parse_args(["--data", str(make_cub(tmp_path / "data")), "--cache-dir", str(tmp_path / "c"),
                            "--workers", "1", "--mode", "eval", "--image-size", "64", "--no-pretrained"])
     run.build_datasets(args)
-    assert seen == [1]
+    assert build_workers == [1]
 
 
 @pytest.mark.parametrize("name", ["cub200", "cars196", "sop", "inshop", "folder"])
