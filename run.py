@@ -21,6 +21,7 @@ from dataset import DATASETS
 from dataset.sampler import PKSampler
 from dataset.transforms import build_transforms
 from errors import UserError
+from experiment.config import record_run
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
 from experiment.resume import check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
@@ -123,6 +124,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="decode and resize every image once into DIR and reuse it (identical results, faster)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision for the network (bf16, or fp16 with loss scaling); losses stay float32")
+    p.add_argument("--strict-data", action="store_true",
+                   help="refuse a benchmark tree whose split sizes differ from the canonical ones (default: warn)")
     p.add_argument("--deterministic", action="store_true",
                    help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
                         "cudnn.benchmark off (slower; see README)")
@@ -422,6 +425,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
             return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device)
+    record_run(args, device, save_dir, {"train": train_set, **eval_sets})
     criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
