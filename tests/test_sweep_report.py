@@ -1,0 +1,70 @@
+"""Issue 12: seed sweeps of the authors' configurations and the results table built from them."""
+import json
+import shlex
+import statistics
+from pathlib import Path
+
+import pytest
+
+import run
+from minidata import make_cub
+from tools import sweep
+
+TINY = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
+        "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
+        "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5", "--recall", "1", "2", "--epochs", "1"]
+
+
+def in_process(cmd: list[str]) -> int:
+    """Run a sweep's ``python run.py ...`` command in this process (saves starting Python and torch each time)."""
+    assert Path(cmd[1]).name == "run.py"
+    return run.cli(cmd[2:])
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A finished sweep over 2 seeds x 3 methods of one epoch, and the flags it was given."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(sweep, "execute", in_process)
+    tmp = tmp_path_factory.mktemp("sweep")
+    data, root = make_cub(tmp / "data"), tmp / "result"
+    argv = ["--dataset", "cub200", "--seeds", "1", "2", "--root", str(root), "--", *TINY, "--data", str(data)]
+    assert sweep.main(argv) == 0
+    yield root, argv
+    patch.undo()
+
+
+def test_dry_run_prints_the_authors_commands_one_per_line(tmp_path, capsys):
+    assert sweep.main(["--dataset", "cub200", "--seeds", "1", "2", "--root", str(tmp_path), "--dry-run",
+                       "--", "--data", "/data"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and not any(tmp_path.iterdir())
+    mdr = shlex.split(lines[5])
+    assert mdr[1].endswith("run.py") and mdr[2:] == [
+        "--dataset", "cub200", "--lr", "5e-5", "--recall", "1", "2", "4", "8", "--lambda-mdr", "0.6", "--nu-mdr",
+        "0.01", "--seed", "2", "--data", "/data", "--save-dir", str(tmp_path / "cub200" / "mdr" / "seed2")]
+    assert "--l2norm" in shlex.split(lines[2]) and "--seed" in shlex.split(lines[0])
+
+
+def test_inshop_sweeps_run_inshop(tmp_path, capsys):
+    sweep.main(["--dataset", "inshop", "--seeds", "1", "--methods", "l2norm", "--root", str(tmp_path),
+                "--dry-run"])
+    cmd = shlex.split(capsys.readouterr().out.strip())
+    assert cmd[1].endswith("run_inshop.py") and "--dataset" not in cmd and "--l2norm" in cmd
+
+
+def test_sweep_completes_skips_and_resumes_only_the_damaged_run(swept, capfd):
+    root, argv = swept
+    runs = sorted(root.glob("cub200/*/seed*"))
+    assert [f"{p.parent.name}/{p.name}" for p in runs] == [f"{m}/seed{s}" for m in ("l2norm", "mdr", "triplet")
+                                                           for s in (1, 2)]
+    assert all((p / "config.json").is_file() and (p / "result.txt").is_file() for p in runs)
+    capfd.readouterr()
+    assert sweep.main(argv) == 0
+    assert "[Sweep] 0 run(s) done, 6 already complete" in capfd.readouterr().out
+    (root / "cub200" / "mdr" / "seed2" / "last.pth").unlink()
+    assert sweep.main(argv) == 0
+    out = capfd.readouterr().out
+    started = [line for line in out.splitlines() if line.startswith("[Sweep] /")]
+    assert len(started) == 1 and started[0].endswith(f"--resume {root / 'cub200' / 'mdr' / 'seed2'}")
+    assert (root / "cub200" / "mdr" / "seed2" / "last.pth").is_file()
