@@ -1,6 +1,9 @@
 """Issue 12: seed sweeps of the authors' configurations and the results table built from them."""
+import csv
+import io
 import json
 import shlex
+import shutil
 import statistics
 from pathlib import Path
 
@@ -8,7 +11,7 @@ import pytest
 
 import run
 from minidata import make_cub
-from tools import sweep
+from tools import report, sweep
 
 TINY = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
@@ -68,3 +71,48 @@ def test_sweep_completes_skips_and_resumes_only_the_damaged_run(swept, capfd):
     started = [line for line in out.splitlines() if line.startswith("[Sweep] /")]
     assert len(started) == 1 and started[0].endswith(f"--resume {root / 'cub200' / 'mdr' / 'seed2'}")
     assert (root / "cub200" / "mdr" / "seed2" / "last.pth").is_file()
+
+
+def _by_hand(run_dirs: list[Path], pick: str, key: str) -> tuple[float, float]:
+    """Mean and sample std over ``run_dirs`` of ``key`` at the best-by-Recall@1 or the final epoch."""
+    values = []
+    for folder in run_dirs:
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        chosen = records[-1] if pick == "final" else max(records, key=lambda r: (r["Recall@1"], -r["epoch"]))
+        values.append(chosen[key])
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def test_report_means_match_metrics_and_a_run_with_another_batch_is_flagged(swept, tmp_path, capsys):
+    root, argv = swept
+    data = argv[argv.index("--data") + 1]
+    odd = root / "cub200" / "mdr" / "seed3"
+    tiny = list(TINY)
+    tiny[tiny.index("--batch") + 1] = "12"
+    run.main(run.parse_args(sweep.run_flags("cub200", "mdr", 3, tiny + ["--data", data])
+                            + ["--save-dir", str(odd)]))
+    unfinished = root / "cub200" / "triplet" / "seed9"
+    shutil.copytree(root / "cub200" / "triplet" / "seed1", unfinished)
+    config = json.loads((unfinished / "config.json").read_text())
+    config["flags"]["epochs"] = 3
+    (unfinished / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert report.main([str(root), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["method"], r["selection"]) for r in table] == [
+        (m, s) for m in ("Triplet", "Triplet+L2Norm", "Triplet+MDR")
+        for s in ("best epoch (authors' protocol)", "final epoch")]
+    for row in table:
+        method = {"Triplet": "triplet", "Triplet+L2Norm": "l2norm", "Triplet+MDR": "mdr"}[row["method"]]
+        pick = "final" if row["selection"] == "final epoch" else "best"
+        assert row["seeds"] == "2"
+        for key in ("Recall@1", "Recall@2"):
+            mean, std = _by_hand([root / "cub200" / method / f"seed{s}" for s in (1, 2)], pick, key)
+            assert float(row[f"{key} mean"]) == pytest.approx(mean, abs=1e-4)
+            assert float(row[f"{key} std"]) == pytest.approx(std, abs=1e-4)
+    assert f"flagged, not averaged: {odd}: batch: 12 (group: 8)" in err
+    assert f"unfinished: {unfinished} (1 of 3 epochs)" in err
+    for fmt, mark in (("markdown", "| Triplet+MDR | best epoch (authors' protocol) | 2 |"), ("latex", r"$\pm$")):
+        assert report.main([str(root), "--format", fmt]) == 0
+        assert mark in capsys.readouterr().out
