@@ -23,12 +23,18 @@ PAPER_NEEDS_IMAGENET = ("--no-pretrained: the backbone starts from random weight
 
 
 def split_counts(splits: dict) -> dict[str, int]:
-    """Images and classes of each split ({name: dataset with .labels}); query and gallery classes together."""
+    """Images and classes of each split ({name: dataset with .labels}); query and gallery classes together.
+
+    The train counts are of the whole train split: held-out validation classes ("val") are added back.
+    """
     counts: dict[str, int] = {}
     for name, dataset in splits.items():
         counts[f"{name} images"] = len(dataset.labels)
         if name not in ("query", "gallery"):
             counts[f"{name} classes"] = len(set(dataset.labels))
+    if "val" in splits and "train" in splits:
+        counts["train images"] += counts["val images"]
+        counts["train classes"] += counts["val classes"]
     if "query" in splits and "gallery" in splits:
         counts["query+gallery classes"] = len(set(splits["query"].labels) | set(splits["gallery"].labels))
     return counts

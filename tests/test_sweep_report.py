@@ -116,3 +116,17 @@ def test_report_means_match_metrics_and_a_run_with_another_batch_is_flagged(swep
     for fmt, mark in (("markdown", "| Triplet+MDR | best epoch (authors' protocol) | 2 |"), ("latex", r"$\pm$")):
         assert report.main([str(root), "--format", fmt]) == 0
         assert mark in capsys.readouterr().out
+
+
+def test_report_adds_the_epoch_selected_on_validation(tmp_path, capsys):
+    records = [{"epoch": 1, "Recall@1": 30.0, "val Recall@1": 5.0}, {"epoch": 2, "Recall@1": 40.0, "val Recall@1": 9.0},
+               {"epoch": 3, "Recall@1": 45.0, "val Recall@1": 7.0}]
+    flags = {"dataset": "cub200", "lambda_mdr": 0.6, "l2norm": False, "epochs": 3, "seed": 1, "batch": 8}
+    config = {"flags": flags, "data": {"counts": {}}, "weights": None}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert report.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["| cub200 | Triplet+MDR | best epoch (authors' protocol) | 1 | 45.00 ± 0.00 |",
+                         "| cub200 | Triplet+MDR | final epoch | 1 | 45.00 ± 0.00 |",
+                         "| cub200 | Triplet+MDR | selected on validation | 1 | 40.00 ± 0.00 |"]

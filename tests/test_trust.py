@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import run
+from dataset import CUB200
 from errors import UserError
+from experiment.validation import ClassSubset
 from experiment.guards import CANONICAL, fingerprint_mismatches, sha256_file
 from minidata import make_cub
 from model import build_model
@@ -103,3 +105,47 @@ def test_config_json_records_the_weights_file_and_its_sha256(cub_root, tmp_path)
     _main(flags + ["--pretrained", str(weights), "--data", str(cub_root), "--save-dir", str(save), "--epochs", "1"])
     config = json.loads((save / "config.json").read_text())
     assert config["weights"] == {"file": str(weights.resolve()), "sha256": sha256_file(weights)}
+
+
+def test_val_classes_select_on_held_out_training_classes_only(tmp_path, monkeypatch):
+    """Validation classes are training classes disjoint from those trained on; best_val.pth is the best val epoch."""
+    root = make_cub(tmp_path / "data", classes=12, per_class=4)
+    test_paths = {path for path, _ in CUB200(root, split="test").samples}
+    train_paths = {path for path, _ in CUB200(root, split="train").samples}
+    seen, weights = {}, {}
+    scripted_val = {1: 10.0, 2: 50.0, 3: 20.0}
+    real_evaluate = run.evaluate
+
+    def spy(model, loaders, ks, epoch=0, *args, **kwargs):
+        split = loaders["test"].dataset
+        if isinstance(split, ClassSubset):
+            seen["val"] = split
+            weights[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+            return {f"Recall@{k}": scripted_val[epoch] for k in ks}
+        seen["test"] = split
+        return real_evaluate(model, loaders, ks, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(run, "evaluate", spy)
+    sampled = []
+    real_batch = run.PKSampler._batch
+    monkeypatch.setattr(run.PKSampler, "_batch", lambda self: sampled.append(real_batch(self)) or sampled[-1])
+    save = tmp_path / "run"
+    _main(SMALL + ["--data", str(root), "--save-dir", str(save), "--epochs", "3", "--val-classes", "2"])
+
+    val, trained = seen["val"], run_train_set(root)
+    val_paths = {path for path, _ in val.samples}
+    assert val_paths <= train_paths and not val_paths & test_paths and len(set(val.labels)) == 2
+    assert not set(val.labels) & set(trained.labels) and len(set(trained.labels)) == 4
+    assert not any(set(trained.samples[i] for i in batch) & set(val.samples) for batch in sampled)
+    records = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val Recall@1"] for r in records] == [10.0, 50.0, 20.0] and "Recall@1" in records[0]
+    best_val = torch.load(save / "best_val.pth", weights_only=True)
+    assert all(torch.equal(best_val[k], v) for k, v in weights[2].items())
+    config = json.loads((save / "config.json").read_text())
+    assert config["data"]["counts"]["train images"] == 24 and config["data"]["counts"]["val classes"] == 2
+
+
+def run_train_set(root: Path):
+    """The training part of the train split that a --val-classes 2 run trains on."""
+    args = run.parse_args(SMALL + ["--data", str(root), "--val-classes", "2"])
+    return run.build_datasets(args)[0]

@@ -24,13 +24,13 @@ from errors import UserError
 from experiment.config import CONFIG_NAME, read_config
 from experiment.resume import CHANGEABLE
 from experiment.run_dir import selection_key
+from experiment.validation import VAL_PREFIX
 from tools.sweep import METHOD_NAMES
 
 # Flags that vary between the seeds of one configuration, or only say where files are.
 NOT_CONFIGURATION = CHANGEABLE | {"seed", "pretrained", "load"}
 SELECTIONS = (("best", "best epoch (authors' protocol)"), ("final", "final epoch"),
               ("val", "selected on validation"))
-VAL_PREFIX = "val "
 
 
 @dataclass
