@@ -15,6 +15,7 @@ from experiment.run_dir import write_text_atomic
 from model import imagenet_weights_file
 
 CONFIG_NAME = "config.json"
+METHOD_NAMES = {"triplet": "Triplet", "l2norm": "Triplet+L2Norm", "mdr": "Triplet+MDR"}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,6 +66,11 @@ def record_run(args: argparse.Namespace, device: torch.device, save_dir: Path, s
     config = run_config(args, device, counts, warnings)
     write_text_atomic(save_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return config
+
+
+def method(flags: dict) -> str:
+    """The method a run's flags train: "mdr" with a non-zero --lambda-mdr, else "l2norm" or "triplet"."""
+    return "mdr" if flags["lambda_mdr"] > 0 else "l2norm" if flags["l2norm"] else "triplet"
 
 
 def read_config(run_dir: Path) -> dict | None:

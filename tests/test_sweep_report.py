@@ -11,10 +11,10 @@ import pytest
 
 import run
 from minidata import make_cub
-from tools import report, sweep
+from tools import plot, report, sweep
 
 TINY = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-        "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
+        "--num-image-per-class", "2", "--iter-per-epoch", "1", "--eval-batch", "16", "--backbone", "resnet18",
         "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5", "--recall", "1", "2", "--epochs", "1"]
 
 
@@ -130,3 +130,16 @@ def test_report_adds_the_epoch_selected_on_validation(tmp_path, capsys):
     assert lines[2:] == ["| cub200 | Triplet+MDR | best epoch (authors' protocol) | 1 | 45.00 ± 0.00 |",
                          "| cub200 | Triplet+MDR | final epoch | 1 | 45.00 ± 0.00 |",
                          "| cub200 | Triplet+MDR | selected on validation | 1 | 40.00 ± 0.00 |"]
+
+
+def test_plot_compares_methods_with_the_mean_and_band_over_seeds(swept, tmp_path):
+    root, _ = swept
+    out = plot.plot_comparison([str(root / "cub200" / "triplet"), str(root / "cub200" / "l2norm")],
+                               tmp_path / "comparison.png")
+    assert out.read_bytes().startswith(b"\x89PNG")
+    runs = [[json.loads(line) for line in (root / "cub200" / "triplet" / f"seed{s}" / "metrics.jsonl").read_text()
+             .splitlines()] for s in (1, 2)]
+    epochs, mean, std = plot.seed_curve(runs, "Recall@1")
+    values = [runs[0][0]["Recall@1"], runs[1][0]["Recall@1"]]
+    assert epochs == [1] and mean.item() == pytest.approx(statistics.mean(values))
+    assert std.item() == pytest.approx(statistics.stdev(values))

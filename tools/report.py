@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from errors import UserError
-from experiment.config import CONFIG_NAME, read_config
+from experiment.config import CONFIG_NAME, METHOD_NAMES, method, read_config
 from experiment.resume import CHANGEABLE
 from experiment.run_dir import selection_key
 from experiment.validation import VAL_PREFIX
-from tools.sweep import METHOD_NAMES
 
 # Flags that vary between the seeds of one configuration, or only say where files are.
 NOT_CONFIGURATION = CHANGEABLE | {"seed", "pretrained", "load"}
@@ -51,9 +50,7 @@ class Run:
 
     @property
     def group(self) -> tuple[str, str]:
-        flags = self.flags
-        method = "mdr" if flags["lambda_mdr"] > 0 else "l2norm" if flags["l2norm"] else "triplet"
-        return flags["dataset"], METHOD_NAMES[method]
+        return self.flags["dataset"], METHOD_NAMES[method(self.flags)]
 
     def signature(self) -> dict:
         """What must agree between the seeds of one configuration."""

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import run
+from experiment.config import METHOD_NAMES
 from experiment.run_dir import RUN_FILES
 
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ("triplet", "l2norm", "mdr")
-METHOD_NAMES = {"triplet": "Triplet", "l2norm": "Triplet+L2Norm", "mdr": "Triplet+MDR"}
+METHODS = tuple(METHOD_NAMES)
 
 # The authors' README commands: flags shared by a dataset's methods, and the weight of MDR on it.
 _SMALL_CLASSES = ["--lr", "5e-5", "--recall", "1", "2", "4", "8"]
