@@ -9,7 +9,7 @@ import torch
 import run
 from dataset import CUB200
 from errors import UserError
-from experiment.validation import ClassSubset
+from experiment.validation import ClassSubset, held_out_count
 from experiment.guards import CANONICAL, fingerprint_mismatches, sha256_file
 from minidata import make_cub
 from model import build_model
@@ -149,3 +149,12 @@ def run_train_set(root: Path):
     """The training part of the train split that a --val-classes 2 run trains on."""
     args = run.parse_args(SMALL + ["--data", str(root), "--val-classes", "2"])
     return run.build_datasets(args)[0]
+
+
+def test_held_out_count_leaves_two_classes_on_each_side():
+    assert held_out_count(100, None, None) == 0
+    assert held_out_count(100, 20, None) == 20 and held_out_count(100, None, 0.25) == 25
+    with pytest.raises(UserError, match=r"--val-classes 99 holds out 99 of the 100 .* between 2 and 98"):
+        held_out_count(100, 99, None)
+    with pytest.raises(UserError, match=r"--val-fraction 0.001 holds out 0 of the 100"):
+        held_out_count(100, None, 0.001)
