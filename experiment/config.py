@@ -59,7 +59,7 @@ def record_run(args: argparse.Namespace, device: torch.device, save_dir: Path, s
     --strict-data raises before training; --no-pretrained on a benchmark says
     that the paper's numbers need ImageNet weights.
     """
-    counts = split_counts({name: ds for name, ds in splits.items() if ds is not None})
+    counts = split_counts(splits)
     warnings = check_data(args.dataset, args.data, counts, args.strict_data)
     if not args.pretrained and args.dataset in CANONICAL:
         print(f"[Warning] {PAPER_NEEDS_IMAGENET}")

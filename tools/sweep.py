@@ -49,7 +49,7 @@ def run_flags(dataset: str, method: str, seed: int, extra: list[str]) -> list[st
 
 def finished_epochs(run_dir: Path) -> int:
     """The last epoch ``run_dir`` has every output of (checkpoint, best/last.pth, metrics, result); -1 if none."""
-    if not all((run_dir / name).is_file() for name in RUN_FILES + ("config.json",)):
+    if not all((run_dir / name).is_file() for name in RUN_FILES):
         return -1
     lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return json.loads(lines[-1])["epoch"] if lines else -1
