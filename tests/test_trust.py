@@ -68,11 +68,14 @@ def test_a_removed_image_warns_with_the_numbers_and_strict_data_stops_before_tra
         _main(SMALL + ["--data", str(root), "--save-dir", str(save), "--epochs", "1", "--strict-data"])
     assert not (save / "config.json").exists() and not (save / "checkpoint.pth").exists()
     monkeypatch.undo()
-    _main(SMALL + ["--data", str(root), "--save-dir", str(tmp_path / "warned"), "--epochs", "1"])
+    weights = _resnet18_file(tmp_path, "imagenet.pth")
+    pretrained = [f for f in SMALL if f != "--no-pretrained"] + ["--pretrained", str(weights)]
+    _main(pretrained + ["--data", str(root), "--save-dir", str(tmp_path / "warned"), "--epochs", "1"])
     out = capsys.readouterr().out
     assert "[Warning] the cub200 tree under" in out and "train images: expected 5864, found 11" in out
     config = json.loads((tmp_path / "warned" / "config.json").read_text())
     assert "train images: expected 5864, found 11" in config["data"]["warnings"]
+    assert config["weights"] == {"file": str(weights.resolve()), "sha256": sha256_file(weights)}
 
 
 def _resnet18_file(folder: Path, name: str) -> Path:
@@ -96,15 +99,6 @@ def test_weights_with_the_right_hash_load_and_say_how_many_tensors_they_filled(t
     build_model("resnet18", pretrained=str(right))
     total = len(ResNetTrunk("resnet18").state_dict())
     assert f"{right} filled {total} of {total} backbone tensors" in capsys.readouterr().out
-
-
-def test_config_json_records_the_weights_file_and_its_sha256(cub_root, tmp_path):
-    weights = _resnet18_file(tmp_path, "imagenet.pth")
-    save = tmp_path / "run"
-    flags = [f for f in SMALL if f != "--no-pretrained"]
-    _main(flags + ["--pretrained", str(weights), "--data", str(cub_root), "--save-dir", str(save), "--epochs", "1"])
-    config = json.loads((save / "config.json").read_text())
-    assert config["weights"] == {"file": str(weights.resolve()), "sha256": sha256_file(weights)}
 
 
 def test_val_classes_select_on_held_out_training_classes_only(tmp_path, monkeypatch):
