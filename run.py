@@ -24,12 +24,14 @@ from dataset.sampler import PKSampler, SeededShards
 from dataset.transforms import build_transforms
 from errors import UserError
 from experiment import distributed
+from experiment.config import record_run
 from experiment.distributed import Context
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
 from experiment.resume import check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
+from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS, build_sampler
 from loss.triplet import TripletLoss
@@ -127,6 +129,14 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="decode and resize every image once into DIR and reuse it (identical results, faster)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision for the network (bf16, or fp16 with loss scaling); losses stay float32")
+    held_out = p.add_mutually_exclusive_group()
+    held_out.add_argument("--val-classes", type=bounded_int(2), default=None, metavar="N",
+                          help="hold out N training classes as validation; best_val.pth is the epoch with the "
+                               "highest validation Recall@1 (default: the authors' best-on-test selection only)")
+    held_out.add_argument("--val-fraction", type=finite_float(True), default=None, metavar="F",
+                          help="like --val-classes, holding out the fraction F of the training classes")
+    p.add_argument("--strict-data", action="store_true",
+                   help="refuse a benchmark tree whose split sizes differ from the canonical ones (default: warn)")
     p.add_argument("--deterministic", action="store_true",
                    help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
                         "cudnn.benchmark off (slower; see README)")
@@ -323,6 +333,10 @@ def build_datasets(args: argparse.Namespace) -> tuple:
     eval_splits = ("query", "gallery") if args.dataset == "inshop" else ("test",)
     train = cls(args.data, split="train", transform=train_tf, **kwargs) if args.mode == "train" else None
     evals = {s: cls(args.data, split=s, transform=test_tf, **kwargs) for s in eval_splits}
+    if train is not None:
+        train, val = split_validation(args, train, lambda: cls(args.data, split="train", transform=test_tf,
+                                                                **{**kwargs, "cache_dir": None}))
+        evals.update({"val": val} if val is not None else {})
     return train, evals
 
 
@@ -478,6 +492,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device, ctx)
+    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets}))
+    val_loaders = {"test": eval_loaders.pop("val")} if "val" in eval_loaders else {}
     negatives = torch.Generator(device=device).manual_seed(args.seed)
     criterion = TripletLoss(margin=0.2, sampler=build_sampler(args.sampler, negatives))
     mdr = MDRLoss().to(device)
@@ -493,7 +509,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
-                 "args": run_flags(args)}
+                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key)}
         if ctx.is_main:
             save_atomic(state, save_dir / "checkpoint.pth")
             write_outputs(save_dir, state)
@@ -524,11 +540,12 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                                    epoch, stats, amp_dtype, scaler, ctx)
             scheduler.step()
             results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx)
+            val = evaluate(model, val_loaders, args.recall, epoch, ctx=ctx) if val_loaders else {}
             if results[key] > best:
                 best, best_epoch = results[key], epoch
             history.append({"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
                             "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
-                            "momented_std": float(mdr.momented_std), **results})
+                            "momented_std": float(mdr.momented_std), **results, **prefixed(val)})
             checkpoint(epoch, results, best, best_epoch, history)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))

@@ -13,8 +13,8 @@ from model.checkpoint import atomic_file, read_weights_file, save_atomic
 DEFAULT_SAVE_DIR = "./result"
 LOCK_NAME = ".lock"
 RUN_FILES = ("checkpoint.pth", "best.pth", "last.pth", "metrics.jsonl", "result.txt")
-OUTPUT_FILES = RUN_FILES + ("curves.png", "mdr_histogram.png", "mdr_distances.pt", "retrievals.png",
-                            "embeddings.pt")
+OUTPUT_FILES = RUN_FILES + ("best_val.pth", "config.json", "curves.png", "mdr_histogram.png", "mdr_distances.pt",
+                            "retrievals.png", "embeddings.pt")
 
 
 def resume_dir(resume: str | Path) -> Path:
@@ -149,7 +149,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_outputs(folder: Path, checkpoint: dict) -> None:
-    """Rebuild last.pth, best.pth (when the checkpoint's epoch is the best), metrics.jsonl and result.txt.
+    """Rebuild last.pth, best.pth and best_val.pth (when the checkpoint's epoch is the best, on test or on
+    validation), metrics.jsonl and result.txt.
 
     The checkpoint is the one source of truth: it is written first at the end
     of an epoch, and everything here can be derived from it again on resume.
@@ -157,6 +158,8 @@ def write_outputs(folder: Path, checkpoint: dict) -> None:
     history, key = checkpoint["history"], checkpoint["key"]
     if checkpoint["best_epoch"] == checkpoint["epoch"]:
         save_atomic(checkpoint["model"], folder / "best.pth")
+    if checkpoint.get("best_val_epoch") == checkpoint["epoch"]:
+        save_atomic(checkpoint["model"], folder / "best_val.pth")
     if not history:
         return
     save_atomic(checkpoint["model"], folder / "last.pth")

@@ -1,10 +1,13 @@
 """Embedding models: backbones, heads and their construction."""
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+import torchvision
 from torch import nn
 
 from errors import UserError
+from experiment.guards import check_name_hash
 from model.bninception import BNInceptionTrunk
 from model.checkpoint import mismatches
 from model.embedding import Embedding, L2NormEmbedding
@@ -41,12 +44,48 @@ def _bninception_imagenet(path: Path | None) -> dict:
 
 
 def _load_pretrained(module: nn.Module, state: dict, path: Path | None, backbone: str) -> None:
-    """Load ImageNet weights strictly; a file of another architecture is one clear error."""
+    """Load ImageNet weights strictly; a file of another architecture is one clear error.
+
+    Prints how many backbone tensors the file filled, so a half-loaded backbone cannot pass unnoticed.
+    """
     problems = mismatches(module, state)
     if problems:
         raise UserError(f"pretrained weights {path or 'downloaded file'} do not fit --backbone {backbone}: "
                         f"{'; '.join(problems)}; pass the ImageNet weights of {backbone}")
     module.load_state_dict(state)
+    total = len(module.state_dict())
+    print(f"[Weights] {path or 'downloaded file'} filled {sum(k in state for k in module.state_dict())} of "
+          f"{total} backbone tensors")
+
+
+def imagenet_weights_url(name: str) -> str:
+    """Where the ImageNet weights of backbone ``name`` are downloaded from."""
+    if name == "bninception":
+        return BNINCEPTION_URL
+    return torchvision.models.get_weight(_TORCHVISION_WEIGHTS[name]).url
+
+
+def imagenet_weights_file(name: str, pretrained: bool | str | Path) -> Path | None:
+    """The ImageNet weights file backbone ``name`` loads: the --pretrained PATH, or torch.hub's cached download.
+
+    None with --no-pretrained.
+    """
+    if not pretrained:
+        return None
+    if isinstance(pretrained, (str, Path)):
+        return Path(pretrained)
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(imagenet_weights_url(name)).path).name
+
+
+def _download_resnet(name: str) -> Path:
+    """torchvision's ImageNet weights file of ``name``, downloaded into torch.hub's cache when missing."""
+    try:
+        torch.hub.load_state_dict_from_url(imagenet_weights_url(name), map_location="cpu", check_hash=True,
+                                           weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot download the torchvision ImageNet weights of {name} ({exc}); "
+                        "pass a local file with --pretrained PATH, or use --no-pretrained") from exc
+    return imagenet_weights_file(name, True)
 
 
 def build_backbone(name: str, pretrained: bool | str | Path = True) -> nn.Module:
@@ -59,16 +98,13 @@ def build_backbone(name: str, pretrained: bool | str | Path = True) -> nn.Module
         if pretrained:
             _load_pretrained(trunk.model, _bninception_imagenet(path), path, name)
         return trunk
-    if path is not None:
-        trunk = ResNetTrunk(name)
+    trunk = ResNetTrunk(name)
+    if pretrained:
+        path = path or _download_resnet(name)
         state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
+        check_name_hash(path)
         _load_pretrained(trunk, state, path, name)
-        return trunk
-    try:
-        return ResNetTrunk(name, weights=_TORCHVISION_WEIGHTS[name] if pretrained else None)
-    except Exception as exc:
-        raise UserError(f"cannot download the torchvision ImageNet weights of {name} ({exc}); "
-                        "pass a local file with --pretrained PATH, or use --no-pretrained") from exc
+    return trunk
 
 
 def build_model(backbone: str = "bninception", embedding_size: int = 512, l2norm: bool = False,

@@ -13,9 +13,9 @@ class ResNetTrunk(nn.Module):
     Submodules keep torchvision's names, so keys read ``base.conv1.weight`` ...
     """
 
-    def __init__(self, arch: str, weights: str | None = None):
+    def __init__(self, arch: str):
         super().__init__()
-        net = getattr(torchvision.models, arch)(weights=weights)
+        net = getattr(torchvision.models, arch)(weights=None)
         for name in _CHILDREN:
             setattr(self, name, getattr(net, name))
         self.output_size = _FEATURE_SIZE[arch]

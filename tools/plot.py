@@ -1,9 +1,13 @@
-"""Training curves and the MDR distance histogram of a run directory.
+"""Training curves and the MDR distance histogram of a run directory, or several runs compared.
 
     python -m tools.plot RUN_DIR
+    python -m tools.plot --compare RUN_DIR_OR_ROOT ... [--out comparison.png]
 
 Reads RUN_DIR/metrics.jsonl (and RUN_DIR/mdr_distances.pt when present) and
-writes RUN_DIR/curves.png and RUN_DIR/mdr_histogram.png.
+writes RUN_DIR/curves.png and RUN_DIR/mdr_histogram.png. With --compare, the
+finished runs under the given paths are grouped as tools.report groups them
+and Recall@1 over epochs is drawn per method: the mean over seeds and a band
+of one standard deviation, one panel per dataset.
 """
 import argparse
 import json
@@ -13,8 +17,10 @@ from pathlib import Path
 import torch
 
 from errors import UserError
+from experiment.run_dir import selection_key
 from metric.distance import off_diagonal, pdist
 from model.checkpoint import save_atomic
+from tools.report import find_runs, group_runs
 
 SAMPLE = 1000
 
@@ -109,12 +115,48 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written
 
 
+def seed_curve(records: list[list[dict]], key: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(epochs every run reached, mean, std over runs) of ``key``; std is 0 for a single run."""
+    epochs = sorted(set.intersection(*({r["epoch"] for r in run} for run in records)))
+    values = torch.tensor([[next(r[key] for r in run if r["epoch"] == e) for e in epochs] for run in records])
+    std = values.std(dim=0) if len(records) > 1 else torch.zeros(len(epochs))
+    return epochs, values.mean(dim=0), std
+
+
+def plot_comparison(paths: list[str], out: Path) -> Path:
+    """Recall@1 (or the selection metric) over epochs per method, mean and band over seeds, one panel per dataset."""
+    groups = group_runs([r for r in find_runs(paths) if r.finished])
+    datasets = sorted({g.dataset for g in groups})
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for group in (g for g in groups if g.dataset == dataset and g.runs):
+            key = selection_key([int(k.split("@")[1]) for k in group.runs[0].records[0] if k.startswith("Recall@")])
+            epochs, mean, std = seed_curve([r.records for r in group.runs], key)
+            ax.plot(epochs, mean, label=f"{group.method} (n={len(group.runs)})")
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
+            ax.set_ylabel(f"{key} (%)")
+        ax.set_title(dataset)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a --save-dir of run.py")
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a --save-dir of run.py (with --compare: "
+                                                                    "run folders or folders holding them)")
+    parser.add_argument("--compare", action="store_true", help="one figure comparing the methods over seeds")
+    parser.add_argument("--out", default="comparison.png", help="the --compare figure (default comparison.png)")
     args = parser.parse_args(argv)
     try:
-        for path in plot_run(args.run_dir):
+        written = [plot_comparison(args.paths, Path(args.out))] if args.compare else \
+            [path for run_dir in args.paths for path in plot_run(run_dir)]
+        for path in written:
             print(path)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

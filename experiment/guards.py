@@ -1,0 +1,104 @@
+"""Checks before training: is the dataset tree the canonical one, and are the ImageNet weights the real ones."""
+import hashlib
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from errors import UserError
+
+# Canonical split sizes of the four benchmarks, as counted by the dataset readers of this project.
+CANONICAL: dict[str, dict[str, int]] = {
+    "cub200": {"train images": 5864, "train classes": 100, "test images": 5924, "test classes": 100},
+    "cars196": {"train images": 8054, "train classes": 98, "test images": 8131, "test classes": 98},
+    "stanford": {"train images": 59551, "train classes": 11318, "test images": 60502, "test classes": 11316},
+    "inshop": {"train images": 25882, "train classes": 3997, "query images": 14218, "gallery images": 12612,
+               "query+gallery classes": 3985},
+}
+CANONICAL["sop"] = CANONICAL["stanford"]
+
+# torch.hub's rule: the hex digits after the last '-' of a weights file's name start its sha256.
+HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
+PAPER_NEEDS_IMAGENET = ("--no-pretrained: the backbone starts from random weights; the paper's numbers need "
+                        "ImageNet weights, so this run is not comparable to them")
+
+
+def split_counts(splits: dict) -> dict[str, int]:
+    """Images and classes of each split ({name: dataset with .labels}); query and gallery classes together.
+
+    The train counts are of the whole train split: held-out validation classes ("val") are added back.
+    """
+    counts: dict[str, int] = {}
+    for name, dataset in splits.items():
+        counts[f"{name} images"] = len(dataset.labels)
+        if name not in ("query", "gallery"):
+            counts[f"{name} classes"] = len(set(dataset.labels))
+    if "val" in splits and "train" in splits:
+        counts["train images"] += counts["val images"]
+        counts["train classes"] += counts["val classes"]
+    if "query" in splits and "gallery" in splits:
+        counts["query+gallery classes"] = len(set(splits["query"].labels) | set(splits["gallery"].labels))
+    return counts
+
+
+def fingerprint_mismatches(dataset: str, counts: dict[str, int]) -> list[str]:
+    """'train images: expected 5864, found 5863' for each count that differs from ``dataset``'s canonical size.
+
+    Datasets without canonical sizes (``folder``) and counts not measured (no
+    train split in --mode eval) are not compared.
+    """
+    expected = CANONICAL.get(dataset, {})
+    return [f"{name}: expected {expected[name]}, found {counts[name]}"
+            for name in expected if name in counts and counts[name] != expected[name]]
+
+
+def check_data(dataset: str, data_root: str, counts: dict[str, int], strict: bool) -> list[str]:
+    """Warn (or, with ``strict``, refuse) when the tree under ``data_root`` is not the canonical one.
+
+    Returns the mismatches, which go into config.json.
+    """
+    problems = fingerprint_mismatches(dataset, counts)
+    if not problems:
+        return problems
+    message = (f"the {dataset} tree under {data_root} differs from the canonical benchmark "
+               f"({'; '.join(problems)})")
+    if strict:
+        raise UserError(f"{message}; --strict-data refuses it: restore the missing or extra images, or drop "
+                        "--strict-data to train anyway")
+    print(f"[Warning] {message}; results will not be comparable to the paper's (--strict-data makes this an error)")
+    return problems
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of ``path``, computed once per file version."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def check_name_hash(path: Path) -> str:
+    """Refuse ``path`` when its sha256 does not start with the hash in its name (as torch.hub checks).
+
+    Returns the sha256. A name without a hash (a user's own file) is not checked.
+    """
+    digest = sha256_file(path)
+    match = HASH_IN_NAME.search(path.name)
+    if match and match.group(1) and not digest.startswith(match.group(1)):
+        raise UserError(f"pretrained weights {path} have sha256 {digest}, but the name says it starts with "
+                        f"{match.group(1)}; the file is damaged or not the published one: download it again "
+                        "or pass the right file to --pretrained")
+    return digest
+
+
+def weights_record(path: Path | None) -> dict | None:
+    """{"file", "sha256"} of the ImageNet weights file for config.json; None without one."""
+    if path is None or not path.is_file():
+        return None
+    return {"file": str(path.resolve()), "sha256": sha256_file(path)}
