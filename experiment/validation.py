@@ -41,7 +41,10 @@ class ClassSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        """The sample at ``index`` of the subset, or at ``(index, augmentation seed)``."""
+        if isinstance(index, tuple):
+            return self.base[(self.indices[index[0]], index[1])]
         return self.base[self.indices[index]]
 
 
