@@ -27,8 +27,8 @@ from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
 from loss.mdr import MDRLoss
+from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
 from loss.sampler import SAMPLERS
-from loss.triplet import TripletLoss
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import nmi
 from metric.recall import recall_at_k, recall_at_k_query_gallery
@@ -73,6 +73,13 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
                    help="weight of the MDR regulariser (0: off)")
     p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--loss", choices=LOSS_NAMES, default="triplet",
+                   help="base loss: the authors' triplet, or a pytorch-metric-learning loss (pip install "
+                        "pytorch-metric-learning) with the library's defaults; MDR adds to any of them")
+    p.add_argument("--loss-args", type=loss_arg, nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override hyper-parameters of --loss, e.g. margin=0.1 alpha=32")
+    p.add_argument("--loss-lr-mult", type=finite_float(True), default=1.0,
+                   help="learning rate of the loss's own parameters (proxies, class weights) as a multiple of --lr")
     p.add_argument("--embedding-size", type=bounded_int(1), default=512)
     p.add_argument("--lr", type=finite_float(True), default=1e-4, help="Adam learning rate (weight decay 1e-5)")
     p.add_argument("--lr-decay-epochs", type=bounded_int(1), nargs="+", default=[40, 60, 80],
@@ -422,17 +429,20 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
             return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device)
-    criterion = TripletLoss(margin=0.2, sampler=SAMPLERS[args.sampler]())
+    criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1)
+    criterion = criterion.to(device)
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
-                                  {"params": mdr.parameters(), "lr": args.lr}], weight_decay=1e-5)
+                                  {"params": mdr.parameters(), "lr": args.lr}]
+                                 + loss_param_groups(criterion, args.lr, args.loss_lr_mult), weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
     embedded: dict = {}
 
     def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> dict:
-        state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "loss": criterion.state_dict(),
+                 "loss_hparams": loss_hparams, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler),
                  "args": run_flags(args)}
@@ -444,6 +454,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
     if resumed is not None:
         load_model_weights(model, resume_checkpoint(args.resume), resumed)
         mdr.load_state_dict(resumed["mdr"])
+        criterion.load_state_dict(resumed.get("loss", {}))  # runs from before --loss have the stateless triplet
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], sampler)
