@@ -109,8 +109,9 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="start the backbone from random weights")
     p.add_argument("--pretrained", dest="pretrained", metavar="PATH", default=True,
                    help="ImageNet weights file for the backbone (default: download)")
-    p.add_argument("--image-size", type=bounded_int(32), default=224,
-                   help="crop side; images are resized to size*256/224 first")
+    p.add_argument("--image-size", type=bounded_int(32), default=None,
+                   help="crop side (default 224, or a timm model's resolution); images are resized to "
+                        "size*256/224 first")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
                    help="negative sampling of the triplet loss (the authors use distance-weighted)")
     p.add_argument("--eval-batch", type=bounded_int(1), default=128, help="batch size of embedding extraction")
