@@ -9,8 +9,9 @@ import os
 import random
 import signal
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from dataset.transforms import build_transforms
 from errors import UserError
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
 from experiment.resume import check_resume, run_flags
+from experiment.tensorboard import TensorBoardLog
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
@@ -127,6 +129,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--save-retrievals", type=int, default=0, metavar="N",
                    help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
     p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard logs to <save-dir>/tb (pip install tensorboard)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="decode and resize every image once into DIR and reuse it (identical results, faster)")
     p.add_argument("--amp", action="store_true",
@@ -196,12 +200,15 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> float:
+                    scaler: torch.amp.GradScaler | None = None,
+                    on_step: Callable[[int, float, float, float], None] | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
     ``amp_dtype`` runs the network under autocast; the embeddings, the losses
     and the MDR statistics stay float32. ``scaler`` scales fp16 gradients.
+    ``on_step``, if given, is called after each step with (iteration, base
+    loss, MDR term, learning rate of the first parameter group).
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -234,6 +241,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         else:
             loss.backward()
             optimizer.step()
+        if on_step is not None:
+            on_step(iteration, loss_triplet.item(), loss_mdr.item(), optimizer.param_groups[0]["lr"])
         progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, loss_triplet.item(),
                                                                              loss_mdr.item()))
         losses.append(loss_triplet.item())
@@ -439,6 +448,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
+    tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard else None
     embedded: dict = {}
 
     def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> dict:
@@ -473,8 +483,9 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
         for epoch in range(start, args.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             stats: dict = {}
+            on_step = partial(tb.log_iteration, epoch) if tb else None
             loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler)
+                                   epoch, stats, amp_dtype, scaler, on_step)
             scheduler.step()
             results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
             if results[key] > best:
@@ -483,6 +494,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
                             "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
                             "momented_std": float(mdr.momented_std), **results})
             checkpoint(epoch, results, best, best_epoch, history)
+            if tb:
+                tb.log_epoch(history[-1], next(iter(embedded.values()))[0], mdr, not args.l2norm)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))
     except KeyboardInterrupt as exc:
@@ -492,6 +505,9 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
                           f"continue with --resume {save_dir}", code) from None
     if embedded:
         save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
+    if tb:
+        tb.log_embeddings(*next(iter(embedded.values())), epoch)
+        tb.close()
     finish_eval(args, embedded, eval_sets, save_dir)
     if args.plot:
         for path in plot_run(save_dir):
