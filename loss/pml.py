@@ -59,16 +59,20 @@ def parse_value(text: str):
 
 
 def _checked(name: str, key: str, value, default):
-    """``value`` for ``key``, refused when its type does not fit the default's (ints pass for floats)."""
-    if isinstance(default, bool) or isinstance(value, bool):
-        fits = isinstance(value, bool) and isinstance(default, bool)
+    """``value`` for ``key``: a number where the default is one, True or False where it is a bool.
+
+    String defaults are modes (such as ``triplets_per_anchor="all"``) that may also take numbers,
+    so their values pass unchecked to the library.
+    """
+    if isinstance(default, bool):
+        wanted, fits = "True or False", isinstance(value, bool)
     elif isinstance(default, (int, float)):
-        fits = isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+        wanted, fits = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
     else:
-        fits = isinstance(value, type(default))
+        return value
     if not fits:
-        raise UserError(f"--loss-args {key}={value!r} for --loss {name}: expected a {type(default).__name__} "
-                        f"like the default {key}={default!r}")
+        raise UserError(f"--loss-args {key}={value!r} for --loss {name}: expected {wanted}, like the default "
+                        f"{key}={default!r}")
     return value
 
 

@@ -57,17 +57,25 @@ def test_every_loss_trains_two_iterations(name, lambda_mdr):
 def test_loss_args_override_defaults_and_are_printed(capsys):
     criterion, hparams = build_criterion(_args("multi-similarity", ["alpha=3", "base=0.6"]), CLASSES)
     assert (criterion.alpha, criterion.beta, criterion.base) == (3, 50, 0.6)
-    assert hparams == {"alpha": 3, "base": 0.6, "beta": 50} | {k: v for k, v in hparams.items()
-                                                               if k not in ("alpha", "base", "beta")}
+    assert {k: hparams[k] for k in ("alpha", "base", "beta")} == {"alpha": 3, "base": 0.6, "beta": 50}
     assert "Loss: multi-similarity alpha=3 base=0.6 beta=50" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("loss_args,match", [(["nope=1"], "has no option 'nope'; it takes .*alpha"),
-                                             (["alpha=abc"], "alpha='abc' .* expected a int like the default"),
-                                             (["alpha=True"], "expected a int")])
-def test_bad_loss_args_name_the_value_and_the_choices(loss_args, match):
+@pytest.mark.parametrize("name,loss_args,match", [
+    ("multi-similarity", ["nope=1"], "has no option 'nope'; it takes .*alpha"),
+    ("multi-similarity", ["alpha=abc"], "alpha='abc' for --loss multi-similarity: expected a number, like the "
+                                        "default alpha=2"),
+    ("multi-similarity", ["alpha=True"], "expected a number"),
+    ("margin", ["learn_beta=1"], "expected True or False")])
+def test_bad_loss_args_name_the_value_and_the_choices(name, loss_args, match):
     with pytest.raises(UserError, match=match):
-        build_criterion(_args("multi-similarity", loss_args), CLASSES)
+        build_criterion(_args(name, loss_args), CLASSES)
+
+
+def test_loss_args_take_floats_for_int_defaults_and_numbers_for_modes():
+    criterion, hparams = build_criterion(_args("margin", ["triplets_per_anchor=5", "beta=1"]), CLASSES)
+    assert criterion.triplets_per_anchor == 5 and hparams["beta"] == 1
+    assert build_criterion(_args("multi-similarity", ["alpha=2.5"]), CLASSES)[0].alpha == 2.5
 
 
 def test_triplet_refuses_loss_args():
