@@ -24,12 +24,12 @@ from dataset.transforms import build_transforms
 from errors import UserError
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
 from experiment.resume import check_resume, run_flags
-from experiment.tensorboard import TensorBoardLog
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
-from loss.mdr import MDRLoss
+from experiment.tensorboard import TensorBoardLog
 from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
+from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import nmi

@@ -106,21 +106,27 @@ def test_triplet_still_builds_without_pytorch_metric_learning(monkeypatch):
     assert hparams == {"margin": 0.2, "sampler": "distance"} and list(criterion.parameters()) == []
 
 
-def test_proxies_are_checkpointed_and_resume_restores_them_exactly(tmp_path):
-    root = make_cub(tmp_path / "data")
+def test_proxies_are_checkpointed_and_resume_restores_them_exactly(tmp_path, monkeypatch):
+    root, save = make_cub(tmp_path / "data"), tmp_path / "run"
     flags = SMALL + ["--data", str(root), "--loss", "proxy-anchor", "--loss-args", "margin=0.2",
                      "--loss-lr-mult", "100", "--lambda-mdr", "0.6", "--nu-mdr", "0.01"]
-    run.main(run.parse_args(flags + ["--save-dir", str(tmp_path / "whole"), "--epochs", "2"]))
-    run.main(run.parse_args(flags + ["--save-dir", str(tmp_path / "split"), "--epochs", "1"]))
-    first = read_weights_file(tmp_path / "split" / "checkpoint.pth")
-    assert first["loss"]["proxies"].shape == (3, 16) and first["loss_hparams"]["margin"] == 0.2
-    assert first["args"]["loss_args"] == ["margin=0.2"] and first["optimizer"]["param_groups"][2]["lr"] == 0.1
-    run.main(run.parse_args(flags + ["--resume", str(tmp_path / "split"), "--epochs", "2"]))
-    whole = read_weights_file(tmp_path / "whole" / "checkpoint.pth")
-    split = read_weights_file(tmp_path / "split" / "checkpoint.pth")
-    assert not torch.equal(split["loss"]["proxies"], first["loss"]["proxies"])
-    assert torch.equal(split["loss"]["proxies"], whole["loss"]["proxies"])
-    assert all(torch.equal(split["model"][k], v) for k, v in whole["model"].items())
-    with pytest.raises(UserError, match="--loss: 'proxy-anchor' -> 'circle'"):
-        run.main(run.parse_args(flags + ["--resume", str(tmp_path / "split"), "--epochs", "3", "--loss", "circle"]))
+    run.main(run.parse_args(flags + ["--save-dir", str(save), "--epochs", "1"]))
+    saved = read_weights_file(save / "checkpoint.pth")
+    assert saved["loss"]["proxies"].shape == (3, 16) and saved["loss_hparams"]["margin"] == 0.2
+    assert saved["args"]["loss_args"] == ["margin=0.2"] and saved["optimizer"]["param_groups"][2]["lr"] == 0.1
 
+    seen = {}
+
+    def first_resumed_epoch(model, loader, optimizer, criterion, *rest):
+        seen.update(proxies=criterion.proxies.detach().clone(), optimizer=optimizer.state_dict())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "train_one_epoch", first_resumed_epoch)
+    with pytest.raises(run.Interrupted):
+        run.main(run.parse_args(flags + ["--resume", str(save), "--epochs", "2"]))
+    assert torch.equal(seen["proxies"], saved["loss"]["proxies"])
+    assert not torch.equal(seen["proxies"], build_criterion(_args("proxy-anchor"), 3)[0].proxies)
+    index = saved["optimizer"]["param_groups"][2]["params"][0]  # the proxies' Adam moments
+    assert torch.equal(seen["optimizer"]["state"][index]["exp_avg"], saved["optimizer"]["state"][index]["exp_avg"])
+    with pytest.raises(UserError, match="--loss: 'proxy-anchor' -> 'circle'"):
+        run.main(run.parse_args(flags + ["--resume", str(save), "--epochs", "2", "--loss", "circle"]))
