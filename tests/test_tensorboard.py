@@ -45,7 +45,8 @@ def test_event_files_hold_the_named_scalars_histogram_and_embeddings(tmp_path):
 def test_missing_tensorboard_gives_the_install_hint(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     from experiment.tensorboard import TensorBoardLog
-    with pytest.raises(UserError, match="--tensorboard needs the optional package tensorboard.*pip install tensorboard"):
+    with pytest.raises(UserError, match="--tensorboard needs the optional package tensorboard.*"
+                                        "pip install tensorboard"):
         TensorBoardLog(tmp_path / "tb", 2)
     code = run.cli(SMALL + ["--data", str(make_cub(tmp_path / "data")), "--save-dir", str(tmp_path / "run"),
                             "--tensorboard"])
