@@ -10,8 +10,9 @@ import os
 import random
 import signal
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -31,10 +32,11 @@ from experiment.resume import check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
+from experiment.tensorboard import TensorBoardLog
 from experiment.validation import prefixed, split_validation, val_selected_epoch
+from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
-from loss.sampler import SAMPLERS, build_sampler
-from loss.triplet import TripletLoss
+from loss.sampler import SAMPLERS
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import nmi
 from metric.recall import recall_at_k, recall_at_k_query_gallery
@@ -79,6 +81,13 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
                    help="weight of the MDR regulariser (0: off)")
     p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--loss", choices=LOSS_NAMES, default="triplet",
+                   help="base loss: the authors' triplet, or a pytorch-metric-learning loss (pip install "
+                        "pytorch-metric-learning) with the library's defaults; MDR adds to any of them")
+    p.add_argument("--loss-args", type=loss_arg, nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override hyper-parameters of --loss, e.g. margin=0.1 alpha=32")
+    p.add_argument("--loss-lr-mult", type=finite_float(True), default=1.0,
+                   help="learning rate of the loss's own parameters (proxies, class weights) as a multiple of --lr")
     p.add_argument("--embedding-size", type=bounded_int(1), default=512)
     p.add_argument("--lr", type=finite_float(True), default=1e-4, help="Adam learning rate (weight decay 1e-5)")
     p.add_argument("--lr-decay-epochs", type=bounded_int(1), nargs="+", default=[40, 60, 80],
@@ -108,8 +117,9 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="start the backbone from random weights")
     p.add_argument("--pretrained", dest="pretrained", metavar="PATH", default=True,
                    help="ImageNet weights file for the backbone (default: download)")
-    p.add_argument("--image-size", type=bounded_int(32), default=224,
-                   help="crop side; images are resized to size*256/224 first")
+    p.add_argument("--image-size", type=bounded_int(32), default=None,
+                   help="crop side (default 224, or a timm model's resolution); images are resized to "
+                        "size*256/224 first")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
                    help="negative sampling of the triplet loss (the authors use distance-weighted)")
     p.add_argument("--eval-batch", type=bounded_int(1), default=128, help="batch size of embedding extraction")
@@ -125,6 +135,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--save-retrievals", type=int, default=0, metavar="N",
                    help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
     p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard logs to <save-dir>/tb (pip install tensorboard)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="decode and resize every image once into DIR and reuse it (identical results, faster)")
     p.add_argument("--amp", action="store_true",
@@ -202,7 +214,8 @@ def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | Non
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None, ctx: Context = Context()) -> float:
+                    scaler: torch.amp.GradScaler | None = None, ctx: Context = Context(),
+                    on_step: Callable[[int, float, float, float], None] | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
@@ -210,7 +223,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     and the MDR statistics stay float32. ``scaler`` scales fp16 gradients.
     Under torchrun (``ctx``), ``model`` is the DDP-wrapped model and each rank
     holds a slice of the batch: the linear outputs and labels of all ranks are
-    gathered, and the head's scaling, the triplet loss and MDR see the whole batch.
+    gathered, and the head's scaling, the base loss and MDR see the whole batch.
+    ``on_step``, if given, is called after each step with (iteration, base
+    loss, MDR term, learning rate of the first parameter group).
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -246,6 +261,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         else:
             loss.backward()
             optimizer.step()
+        if on_step is not None:
+            on_step(iteration, loss_triplet.item(), loss_mdr.item(), optimizer.param_groups[0]["lr"])
         progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, loss_triplet.item(),
                                                                              loss_mdr.item()))
         losses.append(loss_triplet.item())
@@ -495,18 +512,22 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets}))
     val_loaders = {"test": eval_loaders.pop("val")} if "val" in eval_loaders else {}
     negatives = torch.Generator(device=device).manual_seed(args.seed)
-    criterion = TripletLoss(margin=0.2, sampler=build_sampler(args.sampler, negatives))
+    criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1, negatives)
+    criterion = criterion.to(device)
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
-                                  {"params": mdr.parameters(), "lr": args.lr}], weight_decay=1e-5)
+                                  {"params": mdr.parameters(), "lr": args.lr}]
+                                 + loss_param_groups(criterion, args.lr, args.loss_lr_mult), weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
     trained = DistributedDataParallel(model, broadcast_buffers=False) if ctx.active else model
+    tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard and ctx.is_main else None
     embedded: dict = {}
 
     def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> None:
-        state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "loss": criterion.state_dict(),
+                 "loss_hparams": loss_hparams, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
                  "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key)}
@@ -518,6 +539,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     if resumed is not None:
         load_model_weights(model, resume_checkpoint(args.resume), resumed)
         mdr.load_state_dict(resumed["mdr"])
+        criterion.load_state_dict(resumed.get("loss", {}))  # runs from before --loss have the stateless triplet
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], sampler, negatives)
@@ -536,8 +558,9 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             lr = optimizer.param_groups[0]["lr"]
             stats: dict = {}
             sampler.set_epoch(epoch)
+            on_step = partial(tb.log_iteration, epoch) if tb else None
             loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler, ctx)
+                                   epoch, stats, amp_dtype, scaler, ctx, on_step)
             scheduler.step()
             results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx)
             val = evaluate(model, val_loaders, args.recall, epoch, ctx=ctx) if val_loaders else {}
@@ -547,6 +570,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                             "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
                             "momented_std": float(mdr.momented_std), **results, **prefixed(val)})
             checkpoint(epoch, results, best, best_epoch, history)
+            if tb:
+                tb.log_epoch(history[-1], next(iter(embedded.values()))[0], mdr, not args.l2norm)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))
     except KeyboardInterrupt as exc:
@@ -563,6 +588,9 @@ def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: M
     """The end-of-run extras: the MDR distance sample, embeddings, retrievals and plots."""
     if embedded:
         save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
+    if tb:
+        tb.log_embeddings(*next(iter(embedded.values())), epoch)
+        tb.close()
     finish_eval(args, embedded, eval_sets, save_dir)
     if args.plot:
         for path in plot_run(save_dir):

@@ -5,10 +5,13 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from model.timm_backbone import is_timm, timm_input
+
 LANCZOS = InterpolationMode.LANCZOS
 BNINCEPTION_MEAN = (104.0, 117.0, 128.0)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 224
 
 
 def resize_size(image_size: int) -> int:
@@ -58,22 +61,34 @@ def authors_normalization(backbone: str) -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def build_transforms(backbone: str, image_size: int = 224) -> tuple[T.Compose, T.Compose]:
-    """(train, test) transforms of PIL RGB images to (3, image_size, image_size) float tensors.
+def model_input(backbone: str, image_size: int | None) -> tuple[int, ToNormalizedTensor]:
+    """(crop side, normalisation): a timm model's resolution (unless ``image_size``), mean and std, else the
+    authors' 224 and normalisation."""
+    if is_timm(backbone):
+        side, mean, std = timm_input(backbone)
+        return image_size or side, ToNormalizedTensor(False, mean, std)
+    return image_size or DEFAULT_IMAGE_SIZE, normalization(backbone)
 
-    The first step of both is the deterministic square resize, so a cache of
+
+def build_transforms(backbone: str, image_size: int | None = None) -> tuple[T.Compose, T.Compose]:
+    """(train, test) transforms of PIL RGB images to (3, S, S) float tensors, S = ``image_size`` or the model's.
+
+    The authors' shape for every backbone: square resize to S*256/224, random
+    resized crop (scale 0.16-1, ratio 0.75-1.33) and flip, or center crop. The
+    first step of both is the deterministic square resize, so a cache of
     resized images can replace it and run ``transform.transforms[1:]`` alone.
     """
+    image_size, normalize = model_input(backbone, image_size)
     side = resize_size(image_size)
     train = T.Compose([
         T.Resize((side, side), interpolation=LANCZOS),
         T.RandomResizedCrop(image_size, scale=(0.16, 1), ratio=(0.75, 1.33), interpolation=LANCZOS),
         T.RandomHorizontalFlip(),
-        normalization(backbone),
+        normalize,
     ])
     test = T.Compose([
         T.Resize((side, side), interpolation=LANCZOS),
         T.CenterCrop(image_size),
-        normalization(backbone),
+        normalize,
     ])
     return train, test

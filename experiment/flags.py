@@ -4,7 +4,9 @@ import math
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dataset.transforms import DEFAULT_IMAGE_SIZE
 from experiment.run_dir import resume_dir
+from model.timm_backbone import is_timm
 
 ORIGINAL_FLAGS = ("--mode", "--load", "--dataset", "--backbone", "--l2norm", "--lambda-mdr", "--nu-mdr",
                   "--embedding-size", "--lr", "--lr-decay-epochs", "--lr-decay-gamma", "--batch",
@@ -58,7 +60,8 @@ def finite_float(positive: bool) -> Callable[[str], float]:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """Checks across flags; ``--recall`` values are de-duplicated and sorted."""
+    """Checks across flags; ``--recall`` values are de-duplicated and sorted; ``--image-size`` defaults to
+    224 except for timm backbones, whose resolution the transforms take from timm."""
     if args.batch < 2 * args.num_image_per_class:
         parser.error(f"--batch {args.batch} must hold at least two classes of --num-image-per-class "
                      f"{args.num_image_per_class}, i.e. be at least {2 * args.num_image_per_class}")
@@ -72,4 +75,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
         parser.error(f"--resume writes into the run it continues ({resume_dir(args.resume)}); "
                      f"drop --save-dir {args.save_dir}")
     args.recall = sorted(set(args.recall))
+    if args.image_size is None and not is_timm(args.backbone):
+        args.image_size = DEFAULT_IMAGE_SIZE
     return args

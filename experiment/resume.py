@@ -5,8 +5,8 @@ from errors import UserError
 
 # Flags that do not change what is trained: where things live, how fast it runs, what else is written.
 CHANGEABLE = frozenset({"epochs", "workers", "device", "eval_batch", "cache_dir", "plot", "save_embeddings",
-                        "save_retrievals", "download", "data", "metrics", "resume", "save_dir", "overwrite",
-                        "deterministic", "strict_data"})
+                        "save_retrievals", "tensorboard", "download", "data", "metrics", "resume", "save_dir",
+                        "overwrite", "deterministic", "strict_data"})
 
 
 def run_flags(args: argparse.Namespace) -> dict:

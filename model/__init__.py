@@ -12,8 +12,18 @@ from model.bninception import BNInceptionTrunk
 from model.checkpoint import mismatches
 from model.embedding import Embedding, L2NormEmbedding
 from model.resnet import ResNetTrunk
+from model.timm_backbone import TimmTrunk, is_timm
 
-BACKBONES = ("bninception", "resnet18", "resnet50")
+
+class BackboneNames(tuple):
+    """The built-in backbones; ``in`` also accepts any ``timm:NAME`` (so argparse's choices take it)."""
+
+    def __contains__(self, name: object) -> bool:
+        return tuple.__contains__(self, name) or is_timm(name)
+
+
+BUILTIN_BACKBONES = ("bninception", "resnet18", "resnet50")
+BACKBONES = BackboneNames(BUILTIN_BACKBONES + ("timm:NAME",))
 BNINCEPTION_URL = "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"
 _TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
 
@@ -90,7 +100,9 @@ def _download_resnet(name: str) -> Path:
 
 def build_backbone(name: str, pretrained: bool | str | Path = True) -> nn.Module:
     """A backbone with an ``output_size`` attribute; ``pretrained`` is True, False or a weights file."""
-    if name not in BACKBONES:
+    if is_timm(name):
+        return TimmTrunk(name, pretrained)
+    if name not in BUILTIN_BACKBONES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     path = Path(pretrained) if isinstance(pretrained, (str, Path)) else None
     if name == "bninception":

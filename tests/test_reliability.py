@@ -10,6 +10,7 @@ from PIL import Image
 
 import run
 from errors import UserError
+from loss.triplet import TripletLoss
 from minidata import make_cub
 from model import build_model
 from model.checkpoint import load_model_weights, read_weights_file, save_atomic
@@ -68,14 +69,14 @@ def test_atomic_write_survives_a_failure(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_with_epoch_and_iteration(cub_root, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = run.TripletLoss.forward
+    original = TripletLoss.forward
 
     def poisoned(self, embeddings, labels):
         calls["n"] += 1
         loss = original(self, embeddings, labels)
         return loss * float("nan") if calls["n"] == 4 else loss  # epoch 2, iteration 1
 
-    monkeypatch.setattr(run.TripletLoss, "forward", poisoned)
+    monkeypatch.setattr(TripletLoss, "forward", poisoned)
     save = tmp_path / "run"
     with pytest.raises(run.NonFiniteLoss, match="epoch 2, iteration 1"):
         _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "3"])

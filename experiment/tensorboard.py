@@ -1,0 +1,59 @@
+"""--tensorboard: training curves, the MDR state and the test embeddings in <save-dir>/tb.
+
+The only module that imports tensorboard (through ``torch.utils.tensorboard``).
+"""
+from pathlib import Path
+
+import torch
+
+from experiment.optional import require
+from loss.mdr import MDRLoss
+from tools.plot import mdr_distance_sample
+
+PROJECTOR_SAMPLE = 10000  # test embeddings given to the projector, at most
+EPOCH_TAGS = {"loss": "epoch/loss", "mdr_loss": "epoch/mdr_term", "lr": "epoch/lr",
+              "momented_mean": "mdr/running_mean", "momented_std": "mdr/running_std"}
+
+
+class TensorBoardLog:
+    """Scalars per iteration and per epoch, a distance histogram per epoch, the embeddings at the end.
+
+    Iterations are numbered over the whole run, ``(epoch - 1) * iters_per_epoch + iteration``,
+    so a resumed run continues the same curves.
+    """
+
+    def __init__(self, log_dir: Path, iters_per_epoch: int):
+        require("tensorboard", "tensorboard", "--tensorboard")  # checked first: torch's wrapper may be loaded
+        writer = require("torch.utils.tensorboard", "tensorboard", "--tensorboard").SummaryWriter
+        self.writer = writer(str(log_dir))
+        self.iters_per_epoch = iters_per_epoch
+
+    def log_iteration(self, epoch: int, iteration: int, loss: float, mdr_term: float, lr: float) -> None:
+        """The base loss, the MDR term (lambda * MDR + nu * sum of squared levels) and the lr of one step."""
+        step = (epoch - 1) * self.iters_per_epoch + iteration
+        for tag, value in (("iteration/loss", loss), ("iteration/mdr_term", mdr_term), ("iteration/lr", lr)):
+            self.writer.add_scalar(tag, value, step)
+
+    def log_epoch(self, record: dict, test_embeddings: torch.Tensor, mdr: MDRLoss, mean_scaled: bool) -> None:
+        """Every value of the epoch's history record (metrics under metrics/), the three MDR levels, and
+        the histogram of normalised test distances as MDR sees them; then flushes to disk."""
+        epoch = record["epoch"]
+        for name, value in record.items():
+            if name not in ("epoch", "levels"):
+                self.writer.add_scalar(EPOCH_TAGS.get(name, f"metrics/{name}"), value, epoch)
+        for i, level in enumerate(record["levels"]):
+            self.writer.add_scalar(f"mdr/level_{i}", level, epoch)
+        distances = mdr_distance_sample(test_embeddings, float(mdr.momented_mean), float(mdr.momented_std),
+                                        mean_scaled)
+        self.writer.add_histogram("mdr/normalized_test_distances", distances, epoch)
+        self.writer.flush()
+
+    def log_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
+        """Up to PROJECTOR_SAMPLE test embeddings (a fixed random subset) with their class labels."""
+        pick = torch.randperm(len(embeddings), generator=torch.Generator().manual_seed(0))[:PROJECTOR_SAMPLE]
+        pick = pick.sort().values
+        self.writer.add_embedding(embeddings[pick].float().cpu(), metadata=labels[pick].tolist(),
+                                  global_step=epoch, tag="test_embeddings")
+
+    def close(self) -> None:
+        self.writer.close()
