@@ -27,9 +27,9 @@ from errors import UserError
 from experiment import distributed
 from experiment.config import record_run
 from experiment.distributed import Context
-from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float
-from experiment.resume import check_resume, run_flags
-from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_checkpoint,
+from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
+from experiment.resume import adopt_saved_flags, check_resume, run_flags
+from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
 from experiment.tensorboard import TensorBoardLog
@@ -102,7 +102,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--recall", type=bounded_int(1), nargs="+", default=[1],
                    help="K values of Recall@K (sorted, duplicates dropped); best.pth is chosen by Recall@1, "
                         "or by the smallest K when 1 is not among them")
-    p.add_argument("--seed", type=int, default=1, help="seed of python, torch and the batch sampler")
+    p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=1,
+                   help="seed of python, torch and the batch sampler")
     p.add_argument("--data", default="./dataset/", help="data root (for --dataset folder: the image folder)")
     p.add_argument("--save-dir", default=None,
                    help=f"where best.pth, last.pth, result.txt and logs go (default {DEFAULT_SAVE_DIR}, or the "
@@ -132,7 +133,7 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                         "that define the run must be the same, --epochs may grow")
     p.add_argument("--save-embeddings", action="store_true",
                    help="write the evaluated embeddings and labels to <save-dir>/embeddings.pt")
-    p.add_argument("--save-retrievals", type=int, default=0, metavar="N",
+    p.add_argument("--save-retrievals", type=bounded_int(0), default=0, metavar="N",
                    help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
     p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
     p.add_argument("--tensorboard", action="store_true",
@@ -159,7 +160,9 @@ def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argpar
     """Parse and check ``argv``; abbreviations of the authors' flags keep their meaning."""
     parser = get_args_parser(dataset)
     argv = expand_original_abbreviations(sys.argv[1:] if argv is None else argv, parser._option_string_actions)
-    return check_args(parser, parser.parse_args(argv))
+    args = check_args(parser, parser.parse_args(argv))
+    args._given = given_flags(parser, argv)
+    return args
 
 
 def select_device(name: str) -> torch.device:
@@ -420,6 +423,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     Under torchrun every rank runs this; rank 0 claims the folder and writes every file.
     """
     ctx = distributed.from_environment()
+    resumed = read_checkpoint(resume_checkpoint(args.resume)) if args.resume is not None else None
+    if resumed is not None:
+        adopt_saved_flags(args, resumed)
     print(f"Seed: {args.seed}")
     seed_everything(args.seed)
     device = distributed.device_for(ctx, select_device(args.device))
@@ -433,7 +439,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
             claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")
-        return train(args, device, save_dir, ctx)
+        return train(args, device, save_dir, ctx, resumed)
 
 
 def build_run_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
@@ -442,7 +448,7 @@ def build_run_model(args: argparse.Namespace, device: torch.device) -> nn.Module
     model = build_model(args.backbone, args.embedding_size, args.l2norm, pretrained).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    if args.load is not None:
+    if args.load is not None and args.resume is None:
         load_model_weights(model, args.load)
         print("Loaded Model from %s" % args.load)
     return model
@@ -473,30 +479,29 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
     results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx)
     print_table(results)
     if ctx.is_main and (args.save_embeddings or args.save_retrievals):
-        with lock_dir(Path(args.save_dir or DEFAULT_SAVE_DIR)) as save_dir:
+        with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
             finish_eval(args, embedded, eval_sets, save_dir)
     return results
 
 
-def resumed_checkpoint(args: argparse.Namespace, save_dir: Path, ctx: Context) -> tuple[dict | None, bool]:
-    """(the checkpoint --resume names, whether it has epochs left), read and checked on rank 0 for all.
+def checked_resume(state: dict, args: argparse.Namespace, save_dir: Path, ctx: Context) -> tuple[dict, bool]:
+    """(the resumed checkpoint completed to this version's fields, whether it has epochs left).
 
-    Its derived files are rebuilt, so a run killed after its checkpoint was written loses nothing.
+    Rank 0 checks the flags and rebuilds the derived files, so a run killed
+    after its checkpoint was written loses nothing.
     """
-    if args.resume is None:
-        return None, True
+    state = upgraded_checkpoint(state, save_dir, selection_key(args.recall))
 
-    def read() -> tuple[dict, bool]:
-        state = read_checkpoint(resume_checkpoint(args.resume))
+    def check() -> bool:
         unfinished = check_resume(state, args, str(save_dir))
-        state = upgraded_checkpoint(state, save_dir, selection_key(args.recall))
         write_outputs(save_dir, state)
-        return state, unfinished
+        return unfinished
 
-    return distributed.on_main(ctx, read)
+    return state, distributed.on_main(ctx, check)
 
 
-def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: Context = Context()) -> dict:
+def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: Context = Context(),
+          resumed: dict | None = None) -> dict:
     """The authors' training run in ``save_dir``: epoch 0 evaluation, then train and evaluate every epoch.
 
     At the end of each epoch the checkpoint is written first; best.pth,
@@ -504,9 +509,10 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     resume derives them again, so a kill at any moment loses nothing. Under
     torchrun the model is wrapped in DDP and only rank 0 writes.
     """
-    resumed, unfinished = resumed_checkpoint(args, save_dir, ctx)
-    if not unfinished:
-        return resumed["results"]
+    if resumed is not None:
+        resumed, unfinished = checked_resume(resumed, args, save_dir, ctx)
+        if not unfinished:
+            return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device, ctx)
     distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets}))
@@ -578,7 +584,11 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         signal_name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         raise Interrupted(f"{signal_name} during epoch {epoch}; {save_dir / 'checkpoint.pth'} holds the run after "
                           f"epoch {epoch - 1} (the partial epoch is dropped so that resuming stays exact); "
-                          f"continue with --resume {save_dir}", code) from None
+                          f"continue with --resume {save_dir} (the run's flags are read from its checkpoint)",
+                          code) from None
+    if tb:
+        tb.log_embeddings(*next(iter(embedded.values())), epoch)
+        tb.close()
     if ctx.is_main:
         finish_run(args, embedded, eval_sets, mdr, save_dir)
     return results
@@ -588,9 +598,6 @@ def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: M
     """The end-of-run extras: the MDR distance sample, embeddings, retrievals and plots."""
     if embedded:
         save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
-    if tb:
-        tb.log_embeddings(*next(iter(embedded.values())), epoch)
-        tb.close()
     finish_eval(args, embedded, eval_sets, save_dir)
     if args.plot:
         for path in plot_run(save_dir):
@@ -604,15 +611,17 @@ def print_record(record: dict) -> None:
 
 def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
     """The command line: one line on stderr and a non-zero exit code for every problem the user can fix."""
-    args = parse_args(argv, dataset)
     signal.signal(signal.SIGTERM, raise_terminated)
+    args = parse_args(argv, dataset)
     try:
         main(args)
     except Interrupted as exc:
-        print(f"{exc}", file=sys.stderr)
+        if distributed.from_environment().is_main:
+            print(f"{exc}", file=sys.stderr)
         return exc.exit_code
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if distributed.from_environment().is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
+            print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         print("interrupted before training started; nothing to save", file=sys.stderr)

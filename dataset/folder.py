@@ -18,7 +18,8 @@ class Folder(ImageList):
                  cache_workers: int | None = None):
         root = Path(root)
         if not root.is_dir():
-            raise UserError(f"image folder {root} not found; pass --data DIR with one sub-folder per class")
+            what = "is a file, not a folder" if root.exists() else "not found"
+            raise UserError(f"image folder {root} {what}; pass --data DIR with one sub-folder per class")
         classes = class_folders(root)
         cut = len(classes) // 2 if train_classes is None else train_classes
         if not 0 < cut < len(classes):

@@ -33,6 +33,12 @@ class PKSampler:
         self.rng = random.Random(seed)
         self.indices_by_class = indices_by_class(labels)
         self.class_order = checked_class_order(class_order, self.indices_by_class)
+        capacity = sum(min(images_per_class, len(m)) for m in self.indices_by_class.values())
+        self.batch_len = min(batch_size, capacity)
+        if capacity < batch_size:
+            print(f"[Warning] the {len(self.class_order)} training classes give batches of {capacity} images "
+                  f"with --num-image-per-class {images_per_class}, fewer than --batch {batch_size}; every batch "
+                  f"holds {capacity}")
 
     def __len__(self) -> int:
         return self.iter_per_epoch
@@ -74,6 +80,10 @@ class SeededShards:
     """
 
     def __init__(self, sampler: PKSampler, seed: int, rank: int = 0, world: int = 1):
+        if sampler.batch_len % world:
+            raise UserError(f"a batch of {sampler.batch_len} images does not split evenly over {world} "
+                            f"processes; choose --batch and --num-image-per-class so that every batch is a "
+                            f"multiple of {world} (the training set may have too few classes for --batch)")
         self.sampler, self.seed, self.rank, self.world = sampler, seed, rank, world
         self.epoch = 0
 
@@ -85,10 +95,6 @@ class SeededShards:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for iteration, batch in enumerate(self.sampler):
-            if len(batch) % self.world:
-                raise UserError(f"a batch of {len(batch)} images does not split evenly over {self.world} "
-                                f"processes; choose --batch and --num-image-per-class so that every batch is a "
-                                f"multiple of {self.world} (the training set may have too few classes for --batch)")
             size = len(batch) // self.world
             start = self.rank * size
             yield [(index, augmentation_seed(self.seed, self.epoch, iteration, start + offset))

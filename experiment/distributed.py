@@ -5,6 +5,7 @@ is a no-op for one process, so ``python run.py`` behaves as before.
 """
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
@@ -16,6 +17,10 @@ import torch.distributed.nn.functional as dist_nn
 from errors import UserError
 
 T = TypeVar("T")
+
+
+class SharedError(UserError):
+    """Rank 0's UserError, raised on the other ranks too; rank 0 reports it."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ def on_main(ctx: Context, work: Callable[[], T]) -> T:
     dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if status == "error":
-        raise UserError(value)
+        raise (UserError if ctx.is_main else SharedError)(value)
     return value
 
 
@@ -122,7 +127,9 @@ def gather_batch(local: torch.Tensor, ctx: Context) -> torch.Tensor:
     """
     if not ctx.active:
         return local
-    return torch.cat(dist_nn.all_gather(local))
+    with warnings.catch_warnings():  # its deprecation names no replacement that keeps the gradient
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_nn.all_gather(local))
 
 
 def gather_rows(local: torch.Tensor, ctx: Context) -> torch.Tensor:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dataset.transforms import DEFAULT_IMAGE_SIZE
-from experiment.run_dir import resume_dir
+from experiment.run_dir import resume_checkpoint, resume_dir
 from model.timm_backbone import is_timm
 
 ORIGINAL_FLAGS = ("--mode", "--load", "--dataset", "--backbone", "--l2norm", "--lambda-mdr", "--nu-mdr",
@@ -31,15 +31,16 @@ def expand_original_abbreviations(argv: Sequence[str], known: Sequence[str]) -> 
     return out
 
 
-def bounded_int(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low``."""
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (and <= ``high``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
     parse.__name__ = "integer"
     return parse
@@ -65,6 +66,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     if args.batch < 2 * args.num_image_per_class:
         parser.error(f"--batch {args.batch} must hold at least two classes of --num-image-per-class "
                      f"{args.num_image_per_class}, i.e. be at least {2 * args.num_image_per_class}")
+    if args.resume is not None and not resume_checkpoint(args.resume).is_file():
+        parser.error(f"--resume {args.resume}: no checkpoint there; name a run folder holding checkpoint.pth, "
+                     "or the checkpoint file")
     if args.mode == "eval" and args.resume is not None:
         parser.error(f"--resume continues training; to evaluate a run use --mode eval --load "
                      f"{resume_dir(args.resume) / 'best.pth'}")
@@ -78,3 +82,15 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     if args.image_size is None and not is_timm(args.backbone):
         args.image_size = DEFAULT_IMAGE_SIZE
     return args
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations that ``argv`` sets explicitly (``parser`` is left as it was)."""
+    defaults = [(action, action.default) for action in parser._actions]
+    for action, _ in defaults:
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in defaults:
+            action.default = default

@@ -9,9 +9,24 @@ CHANGEABLE = frozenset({"epochs", "workers", "device", "eval_batch", "cache_dir"
                         "overwrite", "deterministic", "strict_data"})
 
 
+# Flags about this invocation only, never taken from the checkpoint.
+INVOCATION = frozenset({"resume", "save_dir", "overwrite", "mode"})
+
+
 def run_flags(args: argparse.Namespace) -> dict:
     """Every flag of the run as plain values, for the checkpoint."""
-    return {k: v for k, v in sorted(vars(args).items())}
+    return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
+
+
+def adopt_saved_flags(args: argparse.Namespace, state: dict) -> None:
+    """Give every flag the command line did not set (``args._given``) the value the checkpoint recorded.
+
+    So ``run.py --resume DIR`` alone continues the run as it was started.
+    """
+    given = getattr(args, "_given", set())
+    for key, value in state.get("args", {}).items():
+        if key not in given and key not in INVOCATION and hasattr(args, key):
+            setattr(args, key, value)
 
 
 def changed_flags(saved: dict, args: argparse.Namespace) -> list[str]:
@@ -29,7 +44,8 @@ def check_resume(state: dict, args: argparse.Namespace, path: str) -> bool:
         changed = changed_flags(state["args"], args)
         if changed:
             raise UserError(f"--resume {path} was given flags that change the run: {'; '.join(changed)}; "
-                            "resume with the run's own flags, or start a new run with another --save-dir")
+                            "drop them (the run's own flags are read from its checkpoint), or start a new run "
+                            "with another --save-dir")
     done = state["epoch"]
     if args.epochs < done:
         raise UserError(f"{path} has already trained {done} epochs; --epochs {args.epochs} is below that "

@@ -30,8 +30,8 @@ def resume_checkpoint(resume: str | Path) -> Path:
 
 
 def holds_run(folder: Path) -> bool:
-    """Whether ``folder`` holds the outputs of a training run."""
-    return any((folder / name).exists() for name in RUN_FILES)
+    """Whether ``folder`` holds the outputs of a run (training, or an evaluation's exports)."""
+    return any((folder / name).exists() for name in OUTPUT_FILES)
 
 
 def _lock(folder: Path) -> int | None:
@@ -89,6 +89,7 @@ def _claim(save_dir: str | None, resume: str | None, overwrite: bool) -> tuple[P
             os.close(fd)
             raise UserError(f"{folder} already holds a run; continue it with --resume {folder}, choose another "
                             "--save-dir, or pass --overwrite to replace it")
+        print(f"--overwrite: deleting the outputs of the run in {folder}")
         for name in OUTPUT_FILES:
             (folder / name).unlink(missing_ok=True)
     return folder, fd
@@ -107,18 +108,6 @@ def claim_run_dir(save_dir: str | None, resume: str | None = None, overwrite: bo
     try:
         for path in remove_temporaries(folder):
             print(f"Removed {path}, left by an interrupted save")
-        yield folder
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def lock_dir(folder: Path) -> Iterator[Path]:
-    """``folder``, locked against runs for the duration of the ``with`` (for evaluation outputs)."""
-    fd = _lock(folder)
-    if fd is None:
-        raise UserError(f"a run is writing to {folder}; wait for it or choose another --save-dir")
-    try:
         yield folder
     finally:
         os.close(fd)

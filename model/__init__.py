@@ -9,7 +9,7 @@ from torch import nn
 from errors import UserError
 from experiment.guards import check_name_hash
 from model.bninception import BNInceptionTrunk
-from model.checkpoint import mismatches
+from model.checkpoint import mismatches, read_weights_file
 from model.embedding import Embedding, L2NormEmbedding
 from model.resnet import ResNetTrunk
 from model.timm_backbone import TimmTrunk, is_timm
@@ -32,10 +32,10 @@ def _read_state_dict(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"pretrained weights {path} not found; pass an existing file to --pretrained "
                         "or train from scratch with --no-pretrained")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read pretrained weights {path}: {exc}") from exc
+    state = read_weights_file(path)
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained weights {path} hold no state_dict; pass the ImageNet weights file itself")
+    return state
 
 
 def _bninception_imagenet(path: Path | None) -> dict:

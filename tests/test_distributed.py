@@ -56,9 +56,10 @@ def test_every_rank_loads_its_slice_with_the_global_positions_seeds():
     halves = [list(SeededShards(PKSampler(labels, 12, 2, 3, seed=4), seed=4, rank=r, world=2)) for r in (0, 1)]
     assert [a + b for a, b in zip(*halves)] == whole
     assert whole[1][5] == (whole[1][5][0], augmentation_seed(4, 0, 1, 5))
-    three = SeededShards(PKSampler(labels, 10, 2, 1, seed=4), seed=4, rank=0, world=3)
     with pytest.raises(run.UserError, match="batch of 10 images does not split evenly over 3"):
-        list(three)
+        SeededShards(PKSampler(labels, 10, 2, 1, seed=4), seed=4, rank=0, world=3)
+    with pytest.raises(run.UserError, match="batch of 6 images does not split evenly over 4"):
+        SeededShards(PKSampler(labels, 12, 1, 1, seed=4), seed=4, rank=0, world=4)
 
 
 def test_a_samples_augmentation_depends_on_its_seed_only(tmp_path):
@@ -199,3 +200,5 @@ def test_a_failure_on_any_rank_ends_the_run_with_its_message_and_no_hang(tmp_pat
         expected = "became non-finite"
     done = _torchrun(argv)
     assert done.returncode != 0 and expected in done.stderr, done.stderr[-3000:]
+    if fault == "diverged loss":  # every rank stops on it; rank 0 alone reports it
+        assert done.stderr.count(expected) == 1

@@ -60,14 +60,14 @@ def test_default_save_dir_moves_to_the_next_free_result_n(cub_root, tmp_path, mo
 
 def test_a_locked_folder_is_refused_at_once(cub_root, tmp_path, monkeypatch):
     save = tmp_path / "run"
-    save.mkdir()
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "1"])
     with open(save / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         monkeypatch.setattr(run, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking the folder"))
-        with pytest.raises(UserError, match="another run is writing to"):
-            _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "1"])
-        with pytest.raises(UserError, match="another run is writing to"):
-            _main(SMALL + ["--data", str(cub_root), "--resume", str(save), "--epochs", "1"])
+        for extra in (["--save-dir", str(save), "--overwrite"], ["--resume", str(save), "--epochs", "2"]):
+            with pytest.raises(UserError, match="another run is writing to"):
+                _main(SMALL + ["--data", str(cub_root)] + extra)
+    assert _epochs(save) == [1]
 
 
 def test_default_run_skips_a_locked_result(cub_root, tmp_path, monkeypatch):
@@ -112,7 +112,9 @@ BAD_FLAGS = [["--recall", "0", "1"], ["--recall", "-1"], ["--batch", "1"], ["--b
              ["--eval-batch", "0"], ["--workers", "-1"], ["--embedding-size", "0"], ["--image-size", "0"],
              ["--epochs", "0"], ["--iter-per-epoch", "0"], ["--lr", "nan"], ["--lr", "-1"], ["--lr", "0"],
              ["--lr", "inf"], ["--lambda-mdr", "nan"], ["--nu-mdr", "-1"], ["--num-image-per-class", "1"],
-             ["--save-dir", ""], ["--mode", "eval", "--resume", "x"], ["--batch", "many"]]
+             ["--save-dir", ""], ["--mode", "eval", "--resume", "x"], ["--batch", "many"],
+             ["--seed", "99999999999999999999999"], ["--seed", "-1"], ["--save-retrievals", "-1"],
+             ["--resume", "no/such/run"]]
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS, ids=[" ".join(f) for f in BAD_FLAGS])
@@ -284,3 +286,51 @@ def test_a_checkpoint_from_before_recorded_history_still_resumes(cub_root, tmp_p
                 save / "checkpoint.pth")
     _main(SMALL + ["--data", str(cub_root), "--resume", str(save), "--epochs", "2"])
     assert "predates recorded flags" in capsys.readouterr().out and _epochs(save) == [1, 2]
+
+
+def test_resume_alone_continues_with_the_runs_own_flags(cub_root, tmp_path, monkeypatch):
+    save = tmp_path / "run"
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "1"])
+    monkeypatch.chdir(tmp_path)
+    _main(["--resume", str(save), "--epochs", "2"])
+    state = read_weights_file(save / "checkpoint.pth")
+    assert _epochs(save) == [1, 2] and state["args"]["backbone"] == "resnet18" and state["args"]["batch"] == 8
+    assert not (tmp_path / ".lock").exists() and not (tmp_path / "result").exists()
+
+
+def test_resume_of_a_missing_run_claims_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        run.parse_args(["--resume", "no/such/run"])
+    assert "no checkpoint there" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_a_batch_larger_than_the_classes_allow_is_announced(cub_root, tmp_path, capsys):
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(tmp_path / "r"), "--epochs", "1", "--batch", "100"])
+    assert "give batches of 6 images with --num-image-per-class 2, fewer than --batch 100" in capsys.readouterr().out
+
+
+def test_pretrained_text_file_is_not_a_pytorch_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not weights\n")
+    with pytest.raises(UserError, match="notes.txt is not a PyTorch file"):
+        build_model("resnet18", pretrained=str(path))
+
+
+def test_runs_and_evaluation_exports_never_share_a_folder(cub_root, tmp_path):
+    exports, trained = tmp_path / "exports", tmp_path / "trained"
+    _main(SMALL + ["--mode", "eval", "--data", str(cub_root), "--save-dir", str(exports), "--save-embeddings"])
+    with pytest.raises(UserError, match="already holds a run"):
+        _main(SMALL + ["--data", str(cub_root), "--save-dir", str(exports), "--epochs", "1"])
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(trained), "--epochs", "1"])
+    with pytest.raises(UserError, match="already holds a run"):
+        _main(SMALL + ["--mode", "eval", "--data", str(cub_root), "--save-dir", str(trained), "--save-embeddings",
+                       "--load", str(trained / "best.pth")])
+    assert not (trained / "embeddings.pt").exists()
+
+
+def test_folder_data_that_is_a_file_says_so(tmp_path):
+    from dataset import Folder
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="notes.txt is a file, not a folder"):
+        Folder(tmp_path / "notes.txt")
