@@ -29,9 +29,8 @@ from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, lock_dir, read_
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from loss.triplet import TripletLoss
-from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import nmi
-from metric.recall import recall_at_k, recall_at_k_query_gallery
+from metric.retrieval import retrieval_metrics
 from model import BACKBONES, build_model
 from model.batchnorm import freeze_batchnorm
 from model.checkpoint import load_model_weights, save_atomic
@@ -107,6 +106,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
                    help="negative sampling of the triplet loss (the authors use distance-weighted)")
     p.add_argument("--eval-batch", type=bounded_int(1), default=128, help="batch size of embedding extraction")
+    p.add_argument("--eval-every", type=bounded_int(1), default=1, metavar="N",
+                   help="evaluate every N epochs and always after the last (default 1, the authors' schedule)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
@@ -269,22 +270,18 @@ def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], ep
         gallery, g_labels = extract(model, loaders["gallery"], "[Eval][Epoch %d] gallery" % epoch)
         if keep is not None:
             keep.update(query=(query, q_labels), gallery=(gallery, g_labels))
-        recall = recall_at_k_query_gallery(query, q_labels, gallery, g_labels, ks)
-        extra = map_at_r_query_gallery(query, q_labels, gallery, g_labels) if "map_r" in metrics else {}
+        results = retrieval_metrics(query, q_labels, gallery, g_labels, ks, ("recall", *metrics))
         clusters = (query, q_labels)
     else:
         emb, labels = extract(model, loaders["test"], "[Eval][Epoch %d]" % epoch)
         if keep is not None:
             keep["test"] = (emb, labels)
-        recall = recall_at_k(emb, labels, ks)
-        extra = map_at_r(emb, labels) if "map_r" in metrics else {}
+        results = retrieval_metrics(emb, labels, None, None, ks, ("recall", *metrics))
         clusters = (emb, labels)
-    results = {f"Recall@{k}": r for k, r in zip(ks, recall)}
-    results.update(extra)
     if "nmi" in metrics:
         results["NMI"] = nmi(*clusters)
-    for k, r in zip(ks, recall):
-        print("[Epoch %d] Recall@%d: [%.4f]\n" % (epoch, k, r))
+    for k in ks:
+        print("[Epoch %d] Recall@%d: [%.4f]\n" % (epoch, k, results[f"Recall@{k}"]))
     for name, value in results.items():
         if not name.startswith("Recall@"):
             print("[Epoch %d] %s: [%.4f]\n" % (epoch, name, value))
@@ -464,12 +461,14 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path) -> dic
             loss = train_one_epoch(model, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
                                    epoch, stats, amp_dtype, scaler)
             scheduler.step()
-            results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
-            if results[key] > best:
-                best, best_epoch = results[key], epoch
+            evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
+            if evaluated:
+                results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded)
+                if results[key] > best:
+                    best, best_epoch = results[key], epoch
             history.append({"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
                             "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
-                            "momented_std": float(mdr.momented_std), **results})
+                            "momented_std": float(mdr.momented_std), **(results if evaluated else {})})
             checkpoint(epoch, results, best, best_epoch, history)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))

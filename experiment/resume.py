@@ -6,7 +6,7 @@ from errors import UserError
 # Flags that do not change what is trained: where things live, how fast it runs, what else is written.
 CHANGEABLE = frozenset({"epochs", "workers", "device", "eval_batch", "cache_dir", "plot", "save_embeddings",
                         "save_retrievals", "download", "data", "metrics", "resume", "save_dir", "overwrite",
-                        "deterministic"})
+                        "deterministic", "eval_every"})
 
 
 def run_flags(args: argparse.Namespace) -> dict:

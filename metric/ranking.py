@@ -18,6 +18,7 @@ The product runs in tiles of (rows, cols) whose size follows a memory budget:
 on the CPU about the cache, so the counting passes after the product read the
 tile from cache; on CUDA a share of the free device memory.
 """
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
 
@@ -166,13 +167,35 @@ def _count(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
+def _scan(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: torch.Tensor, th: _Thresholds,
+          part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over rows ``part`` of a (b, C) key tile, with (b, C) bool scratch buffers.
+
+    Returns ((n, J) int64 count of keys surely before each threshold, and the
+    window's pairs: (P,) row in the block, (P,) column in the tile, (P,) threshold j).
+    """
+    key, below, window, above = key[part], below[part], window[part], above[part]
+    counts, rows, cols, js = [], [], [], []
+    for j in range(th.dist.shape[1]):
+        torch.lt(key, th.below[part, j:j + 1], out=below)
+        counts.append(_count(below))
+        torch.le(key, th.above[part, j:j + 1], out=above)
+        r, c = torch.logical_xor(above, below, out=window).nonzero(as_tuple=True)  # below implies above
+        rows.append(r + part.start)
+        cols.append(c)
+        js.append(torch.full_like(r, j))
+    return torch.stack(counts, dim=1), torch.cat(rows), torch.cat(cols), torch.cat(js)
+
+
 def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor, gallery_t: torch.Tensor,
-                 th: _Thresholds, self_offset: int | None, cols: int, threads: int) -> torch.Tensor:
+                 th: _Thresholds, self_offset: int | None, cols: int, threads: int,
+                 pool: ThreadPoolExecutor) -> torch.Tensor:
     """(b, J) int64 exact 0-based ranks of the thresholds' positives among all gallery items.
 
     ``self_offset`` is the gallery index of query row 0 when queries are the
     gallery (a query never ranks itself), else None. The product of each
-    (b, cols) tile runs on ``threads`` CPU threads, the passes over it on the caller's.
+    (b, cols) tile runs on ``threads`` CPU threads; the passes over it are split
+    by rows over the ``pool``'s threads, each op on one thread (no barrier).
     """
     b, width = th.dist.shape
     device = query.device
@@ -181,6 +204,8 @@ def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.T
     local = torch.arange(b, device=device)
     key_buf = torch.empty(b, cols, device=device)
     below_buf, window_buf, above_buf = (torch.empty(b, cols, dtype=torch.bool, device=device) for _ in range(3))
+    step = -(-b // (threads if device.type == "cpu" else 1))
+    parts = [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
     for c0 in range(0, gallery_t.shape[1], cols):
         c1 = min(c0 + cols, gallery_t.shape[1])
         key, below, window, above = (buf[:, :c1 - c0] for buf in (key_buf, below_buf, window_buf, above_buf))
@@ -190,14 +215,11 @@ def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.T
             own = local + self_offset - c0
             inside = (own >= 0) & (own < c1 - c0)
             key[local[inside], own[inside]] = float("inf")
-        for j in range(width):
-            torch.lt(key, th.below[:, j:j + 1], out=below)
-            closer[:, j] += _count(below)
-            torch.le(key, th.above[:, j:j + 1], out=above)
-            r, c = torch.logical_xor(above, below, out=window).nonzero(as_tuple=True)  # below implies above
+        for part, (counts, r, c, j) in zip(parts, pool.map(lambda p: _scan(key, below, window, above, th, p), parts)):
+            closer[part] += counts
             pair_rows.append(r)
             pair_cols.append(c + c0)
-            pair_j.append(torch.full_like(r, j))
+            pair_j.append(j)
     rows, cols_, js = torch.cat(pair_rows), torch.cat(pair_cols), torch.cat(pair_j)
     exact = _exact_sq_dist(query, gallery, rows, cols_)
     t_dist, t_index = th.dist[rows, js], th.index[rows, js]
@@ -225,6 +247,17 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     order, starts, counts = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
     rows_per_block, cols = tile_shape(len(query), len(gallery), memory_budget)
     threads = torch.get_num_threads()
+    with ThreadPoolExecutor(threads) as pool:
+        yield from _ranked_blocks(query, gallery, gallery_sq, gallery_t, g_norm, (order, starts, counts),
+                                  exclude_self, all_positives, (rows_per_block, cols), threads, pool)
+
+
+def _ranked_blocks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor, gallery_t: torch.Tensor,
+                   g_norm: torch.Tensor, positives: tuple, exclude_self: bool, all_positives: bool,
+                   tile: tuple[int, int], threads: int, pool: ThreadPoolExecutor) -> Iterator[Block]:
+    """The loop of ``iterate_blocks`` over blocks of ``tile[0]`` query rows; ``positives`` is ``_positive_table``'s."""
+    order, starts, counts = positives
+    rows_per_block, cols = tile
     for lo in range(0, len(query), rows_per_block):
         with _cpu_threads(gallery.device, 1):
             hi = min(lo + rows_per_block, len(query))
@@ -238,5 +271,5 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
             width = max(1, int(pos_count.max())) if all_positives else 1
             th = _thresholds(query[lo:hi], gallery, g_norm, pos_idx, width)
             ranks = _block_ranks(query[lo:hi], gallery, gallery_sq, gallery_t, th, lo if exclude_self else None, cols,
-                                 threads)
+                                 threads, pool)
         yield Block(slice(lo, hi), ranks, pos_count)

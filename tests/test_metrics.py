@@ -212,3 +212,48 @@ def test_tiles_follow_the_budget_and_cuda_free_memory():
     assert cols == 60502 and 1024 <= rows < 8192
     assert tile_shape(10, 7, 1) == (1, 1) and tile_shape(3, 5, 2**30) == (3, 5)
     assert memory_budget_for(torch.device("cuda"), free_bytes=0) == cpu  # never below the CPU tile
+
+
+def _brute_nmi(a: list, b: list) -> float:
+    """NMI with the arithmetic-mean normaliser from the contingency table, in plain Python."""
+    import math
+    n = len(a)
+    joint, pa, pb = {}, {}, {}
+    for x, y in zip(a, b):
+        joint[x, y] = joint.get((x, y), 0) + 1
+        pa[x] = pa.get(x, 0) + 1
+        pb[y] = pb.get(y, 0) + 1
+    mi = sum(c / n * math.log(c * n / (pa[x] * pb[y])) for (x, y), c in joint.items())
+    ha = -sum(c / n * math.log(c / n) for c in pa.values())
+    hb = -sum(c / n * math.log(c / n) for c in pb.values())
+    return mi / ((ha + hb) / 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nmi_equals_brute_force_on_small_labelings(seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randint(0, 7, (200,), generator=g), torch.randint(0, 5, (200,), generator=g)
+    b[:100] = a[:100]  # partly dependent
+    assert normalized_mutual_info(a, b) == pytest.approx(_brute_nmi(a.tolist(), b.tolist()), abs=1e-12)
+
+
+def test_kmeans_is_deterministic_and_a_lloyd_fixed_point():
+    """Same seed, same clusters; at convergence each point sits with its nearest centroid (brute force)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(150, 6, generator=g) + 4 * torch.randn(30, 6, generator=g).repeat_interleave(5, 0)
+    first = kmeans(x, 30, iterations=500, seed=3)
+    assert torch.equal(first, kmeans(x, 30, iterations=500, seed=3))
+    assert len(torch.unique(first)) == 30
+    centroids = torch.stack([x[first == c].double().mean(0) for c in range(30)])
+    brute = (x.double()[:, None] - centroids[None]).pow(2).sum(2).argmin(1)
+    assert (brute == first).double().mean() > 0.99  # Lloyd stops at < 0.1% changes
+    labels = torch.arange(30).repeat_interleave(5)
+    assert nmi(x, labels, seed=3) == nmi(x, labels, seed=3)
+
+
+def test_seeding_draws_many_per_round_and_covers_duplicates():
+    """k above the round count draws several centroids per round; fewer distinct points than k still gives k."""
+    x = torch.zeros(300, 3)
+    x[:100] = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+    assign = kmeans(x, 150, iterations=3, seed=0)  # 101 distinct points for 150 clusters
+    assert assign.shape == (300,) and len(torch.unique(assign[:100])) == 100
