@@ -247,7 +247,7 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     order, starts, counts = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
     rows_per_block, cols = tile_shape(len(query), len(gallery), memory_budget)
     threads = torch.get_num_threads()
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         yield from _ranked_blocks(query, gallery, gallery_sq, gallery_t, g_norm, (order, starts, counts),
                                   exclude_self, all_positives, (rows_per_block, cols), threads, pool)
 
