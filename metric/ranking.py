@@ -40,8 +40,9 @@ def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
     """Run the enclosed CPU ops on ``threads`` threads, then restore the count.
 
     The passes over an in-cache tile are a few milliseconds each; split over
-    threads, the barrier between them costs 5-50x that on a loaded machine, so
-    everything but the matrix product runs on one thread.
+    OpenMP threads, the barrier between them costs 5-50x that on a loaded
+    machine. So only the matrix product uses every thread; the passes run on
+    independent one-thread workers (``_block_ranks``), the rest on one thread.
     """
     saved = torch.get_num_threads()
     if device.type == "cpu":
