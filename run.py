@@ -37,9 +37,8 @@ from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
-from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import nmi
-from metric.recall import recall_at_k, recall_at_k_query_gallery
+from metric.retrieval import retrieval_metrics
 from model import BACKBONES, build_model
 from model.batchnorm import freeze_batchnorm
 from model.checkpoint import load_model_weights, save_atomic
@@ -124,6 +123,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
                    help="negative sampling of the triplet loss (the authors use distance-weighted)")
     p.add_argument("--eval-batch", type=bounded_int(1), default=128, help="batch size of embedding extraction")
+    p.add_argument("--eval-every", type=bounded_int(1), default=1, metavar="N",
+                   help="evaluate every N epochs and always after the last (default 1, the authors' schedule)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
@@ -323,20 +324,16 @@ def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable
     """The metrics of {split: ((N, D) embeddings, (N,) labels)}, printed; percent."""
     if "query" in embedded:
         (query, q_labels), (gallery, g_labels) = embedded["query"], embedded["gallery"]
-        recall = recall_at_k_query_gallery(query, q_labels, gallery, g_labels, ks)
-        extra = map_at_r_query_gallery(query, q_labels, gallery, g_labels) if "map_r" in metrics else {}
+        results = retrieval_metrics(query, q_labels, gallery, g_labels, ks, ("recall", *metrics))
         clusters = (query, q_labels)
     else:
         emb, labels = embedded["test"]
-        recall = recall_at_k(emb, labels, ks)
-        extra = map_at_r(emb, labels) if "map_r" in metrics else {}
+        results = retrieval_metrics(emb, labels, None, None, ks, ("recall", *metrics))
         clusters = (emb, labels)
-    results = {f"Recall@{k}": r for k, r in zip(ks, recall)}
-    results.update(extra)
     if "nmi" in metrics:
         results["NMI"] = nmi(*clusters)
-    for k, r in zip(ks, recall):
-        print("[Epoch %d] Recall@%d: [%.4f]\n" % (epoch, k, r))
+    for k in ks:
+        print("[Epoch %d] Recall@%d: [%.4f]\n" % (epoch, k, results[f"Recall@{k}"]))
     for name, value in results.items():
         if not name.startswith("Recall@"):
             print("[Epoch %d] %s: [%.4f]\n" % (epoch, name, value))
@@ -568,13 +565,17 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
                                    epoch, stats, amp_dtype, scaler, ctx, on_step)
             scheduler.step()
-            results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx)
-            val = evaluate(model, val_loaders, args.recall, epoch, ctx=ctx) if val_loaders else {}
-            if results[key] > best:
-                best, best_epoch = results[key], epoch
+            evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
+            val = {}
+            if evaluated:
+                results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx)
+                val = evaluate(model, val_loaders, args.recall, epoch, ctx=ctx) if val_loaders else {}
+                if results[key] > best:
+                    best, best_epoch = results[key], epoch
             history.append({"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,
                             "levels": mdr.levels.tolist(), "momented_mean": float(mdr.momented_mean),
-                            "momented_std": float(mdr.momented_std), **results, **prefixed(val)})
+                            "momented_std": float(mdr.momented_std), **(results if evaluated else {}),
+                            **prefixed(val)})
             checkpoint(epoch, results, best, best_epoch, history)
             if tb:
                 tb.log_epoch(history[-1], next(iter(embedded.values()))[0], mdr, not args.l2norm)

@@ -1,11 +1,14 @@
-"""Exact Recall@K at full benchmark scale: time and peak memory against the bare matrix products.
+"""Exact Recall@K at full benchmark scale, side by side with faiss and with one large-block matrix product.
 
-    python bench/eval_speed.py            # SOP (60,502 x 512, K = 1 10 100 1000) and In-Shop (14,218 x 12,612)
+    pip install -r bench/requirements.txt   # faiss-cpu, scikit-learn: bench only
+    python bench/eval_speed.py              # 30k, SOP (60,502 x 512) and In-Shop (14,218 x 12,612)
 
 Each measurement runs in its own process so that its peak RSS is its own.
-Printed per benchmark: the project's Recall@K time and peak RSS, the bare distance
-products over the same data (the floor), a naive per-query loop on a subsample
-extrapolated to all queries, and the ratios between them.
+Printed per size: one matrix product of the whole set in 2,048-row blocks (the
+floor any exact method pays), faiss ``IndexFlatL2`` search with k = max K (+1 for
+self-retrieval) and its hits, the project's Recall@K, the project's Recall@K with
+MAP@R in the same pass, a naive per-query loop on a sample (extrapolated), and
+ratios. Without faiss the bench says so and skips that column.
 """
 import argparse
 import json
@@ -20,14 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metric.ranking import DEFAULT_MEMORY_BUDGET, block_rows  # noqa: E402
-from metric.recall import recall_at_k, recall_at_k_query_gallery  # noqa: E402
+from metric.retrieval import retrieval_metrics  # noqa: E402
 
 SIZES = {
+    "30k": {"query": 30000, "gallery": None, "ks": [1, 10, 100, 1000], "per_class": 5},
     "sop": {"query": 60502, "gallery": None, "ks": [1, 10, 100, 1000], "per_class": 5},
     "inshop": {"query": 14218, "gallery": 12612, "ks": [1, 10, 20, 30, 40], "per_class": 4},
 }
 DIM = 512
+PRODUCT_ROWS = 2048
 
 
 def make_data(size: str):
@@ -43,19 +47,42 @@ def make_data(size: str):
     return emb[:q], labels[:q], emb[q:], labels[q:]
 
 
-def floor(query, gallery):
-    """The bare distance products in the same blocks: the least any exact method must do."""
+def product(query, gallery) -> None:
+    """One matrix product of the whole set, 2,048 query rows at a time: the least any exact method must do."""
     gallery = query if gallery is None else gallery
     g_sq, g_t = gallery.pow(2).sum(1), gallery.t().contiguous()
-    rows = block_rows(len(gallery), DEFAULT_MEMORY_BUDGET)
-    for lo in range(0, len(query), rows):
-        torch.addmm(g_sq, query[lo:lo + rows], g_t, alpha=-2.0)
+    for lo in range(0, len(query), PRODUCT_ROWS):
+        torch.addmm(g_sq, query[lo:lo + PRODUCT_ROWS], g_t, alpha=-2.0)
 
 
-def project(query, q_labels, gallery, g_labels, ks):
-    if gallery is None:
-        return recall_at_k(query, q_labels, ks)
-    return recall_at_k_query_gallery(query, q_labels, gallery, g_labels, ks)
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def faiss_recall(query, q_labels, gallery, g_labels, ks) -> list[float]:
+    """Recall@K from faiss ``IndexFlatL2``: search k = max K (+1 and drop the query itself when self-retrieving)."""
+    import faiss
+    import numpy as np
+    self_mode = gallery is None
+    gallery, g_labels = (query, q_labels) if self_mode else (gallery, g_labels)
+    index = faiss.IndexFlatL2(query.shape[1])
+    index.add(gallery.numpy())
+    _, idx = index.search(query.numpy(), max(ks) + int(self_mode))
+    if self_mode:
+        keep = idx != np.arange(len(query))[:, None]  # drop the query itself, or the last if it is absent
+        keep[keep.all(1), -1] = False
+        idx = idx[keep].reshape(len(query), max(ks))
+    hit = g_labels.numpy()[idx] == q_labels.numpy()[:, None]
+    first = np.where(hit.any(1), hit.argmax(1), len(idx[0]))
+    return [100.0 * float((first < k).mean()) for k in ks]
+
+
+def project(query, q_labels, gallery, g_labels, ks, metrics) -> dict[str, float]:
+    return retrieval_metrics(query, q_labels, gallery, g_labels, ks, metrics)
 
 
 def naive(query, q_labels, gallery, g_labels, ks, sample: int = 300):
@@ -73,6 +100,8 @@ def naive(query, q_labels, gallery, g_labels, ks, sample: int = 300):
     return (time.perf_counter() - start) * len(query) / sample
 
 
+
+
 def child(size: str, what: str) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     query, q_labels, gallery, g_labels = make_data(size)
@@ -80,10 +109,14 @@ def child(size: str, what: str) -> None:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     out = {}
-    if what == "floor":
-        floor(query, gallery)
+    if what == "product":
+        product(query, gallery)
+    elif what == "faiss":
+        out["result"] = faiss_recall(query, q_labels, gallery, g_labels, ks)
     elif what == "project":
-        out["recall"] = project(query, q_labels, gallery, g_labels, ks)
+        out["result"] = project(query, q_labels, gallery, g_labels, ks, ("recall",))
+    elif what == "project_map":
+        out["result"] = project(query, q_labels, gallery, g_labels, ks, ("recall", "map_r"))
     else:
         out["seconds"] = naive(query, q_labels, gallery, g_labels, ks)
     out.setdefault("seconds", time.perf_counter() - start)
@@ -98,27 +131,49 @@ def measure(size: str, what: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def report(size: str, have_faiss: bool, skip: list[str]) -> None:
+    """Measure and print one size: the product, the project, faiss, the single pass with MAP@R, naive."""
+    spec = SIZES[size]
+    print(f"\n{size}: {spec['query']} x {spec['gallery'] or spec['query']}, dim {DIM}, K = {spec['ks']}", flush=True)
+    prod = measure(size, "product")
+    print(f"  one product, {PRODUCT_ROWS}-row blocks:     {prod['seconds']:8.2f} s", flush=True)
+    proj = measure(size, "project")
+    print(f"  project Recall@K:                 {proj['seconds']:8.2f} s  "
+          f"({proj['seconds'] / prod['seconds']:.2f}x the product)  peak RSS {proj['peak_rss_mb']:.0f} MB "
+          f"(data alone {proj['data_rss_mb']:.0f} MB)", flush=True)
+    print(f"  project Recall@K: {', '.join(f'{v:.3f}' for v in proj['result'].values())}")
+    if have_faiss:
+        fa = measure(size, "faiss")
+        print(f"  faiss IndexFlatL2 + hits:         {fa['seconds']:8.2f} s  "
+              f"(faiss / project = {fa['seconds'] / proj['seconds']:.2f})  peak RSS {fa['peak_rss_mb']:.0f} MB")
+        print(f"  faiss Recall@K:   {', '.join(f'{v:.3f}' for v in fa['result'])}", flush=True)
+    if "project_map" not in skip:
+        pm = measure(size, "project_map")
+        print(f"  project Recall@K + MAP@R, 1 pass: {pm['seconds']:8.2f} s  "
+              f"({pm['seconds'] / prod['seconds']:.2f}x the product)  MAP@R {pm['result']['MAP@R']:.3f}", flush=True)
+    if "naive" not in skip:
+        nv = measure(size, "naive")
+        print(f"  naive per-query (extrapolated):   {nv['seconds']:8.2f} s  "
+              f"({nv['seconds'] / proj['seconds']:.1f}x the project)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "WHAT"), help=argparse.SUPPRESS)
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "project_map"],
+                        help="measurements to leave out")
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, memory budget "
-          f"{DEFAULT_MEMORY_BUDGET // 2**20} MiB per block")
+    have_faiss = faiss_available()
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, load average {os.getloadavg()[0]:.2f} at start")
+    if not have_faiss:
+        print("faiss-cpu is not installed: the faiss column is skipped (pip install -r bench/requirements.txt)")
     for size in args.sizes:
-        spec = SIZES[size]
-        shape = f"{spec['query']} x {spec['gallery'] or spec['query']}"
-        fl, pr, nv = measure(size, "floor"), measure(size, "project"), measure(size, "naive")
-        print(f"\n{size}: {shape}, dim {DIM}, K = {spec['ks']}")
-        print(f"  bare distance products (floor): {fl['seconds']:8.2f} s")
-        print(f"  project Recall@K:               {pr['seconds']:8.2f} s  ({pr['seconds'] / fl['seconds']:.2f}x floor)"
-              f"  peak RSS {pr['peak_rss_mb']:.0f} MB (data alone {pr['data_rss_mb']:.0f} MB)")
-        print(f"  naive per-query (extrapolated): {nv['seconds']:8.2f} s  "
-              f"({nv['seconds'] / pr['seconds']:.1f}x the project)")
-        print(f"  Recall@K: {', '.join(f'{v:.3f}' for v in pr['recall'])}")
+        report(size, have_faiss, args.skip)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

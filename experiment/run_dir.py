@@ -154,7 +154,7 @@ def write_outputs(folder: Path, checkpoint: dict) -> None:
     save_atomic(checkpoint["model"], folder / "last.pth")
     write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     write_text_atomic(folder / "result.txt", "Best %s: %.4f\nFinal %s: %.4f\n"
-                      % (key, checkpoint["best"], key, history[-1][key]))
+                      % (key, checkpoint["best"], key, history[-1].get(key, checkpoint["results"][key])))
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -1,41 +1,81 @@
-"""Blocked exact nearest-neighbour ranking, shared by every retrieval metric.
+"""Exact blocked nearest-neighbour ranking, shared by every retrieval metric, in one pass.
 
-Distances are squared Euclidean. Within one query row, the ordering key is
-``|g|^2 - 2 q.g``: the squared distance minus the row's constant ``|q|^2``,
-which orders a row exactly as the distance does and saves a pass. Ties are
-broken by the gallery index: of two equally distant items, the one with the
-smaller index ranks first, as a stable sort by distance would place it.
+Distances are squared Euclidean, and ranks are those of the exact float64
+distances ``sum((q - g)^2)``. Ties are broken by the gallery index: of two
+equally distant items, the one with the smaller index ranks first, as a stable
+sort by distance would place it.
 
-Queries are processed in blocks of rows, so extra memory is a few
-(block, M) matrices and never grows with N^2.
+Nothing is sorted. A positive's rank is the number of items that precede it,
+so each query needs only its positives' exact distances (few) and one count
+per positive over its row. The count runs on the fast float32 key
+``|g|^2 - 2 q.g`` from a matrix product (the squared distance minus the row's
+constant ``|q|^2``). Its rounding error has a rigorous bound B (per query row);
+an item whose key is more than B below a positive's key surely precedes it,
+more than B above surely does not, and the few items within B are settled with
+the exact difference form in float64.
+
+The product runs in tiles of (rows, cols) whose size follows a memory budget:
+on the CPU about the cache, so the counting passes after the product read the
+tile from cache; on CUDA a share of the free device memory.
 """
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Iterator, NamedTuple
 
 import torch
 
-DEFAULT_MEMORY_BUDGET = 16 * 2**20  # bytes of one block's distances: small enough to stay in cache
-_BYTES_PER_ENTRY = 6  # one float32 distance plus two byte-sized comparison temporaries
-_MIN_ROWS = 32  # fewer rows per block starve the matrix product
+DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
+_BYTES_PER_ENTRY = 6  # one float32 key plus two byte-sized comparison temporaries
+_ROWS = 1024  # query rows per tile: fewer starve the matrix product
+_MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
+_MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
+_FREE_MEMORY_SHARE = 4  # on CUDA a tile may use 1/4 of the free device memory
+_SETTLE_CHUNK = 1 << 11  # (query, item) pairs settled in float64 at once
+_UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}  # float32, TF32, bfloat16 products
+_NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not exist
 
 
-class Block(NamedTuple):
-    """One block of query rows against the whole gallery."""
+@contextmanager
+def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
+    """Run the enclosed CPU ops on ``threads`` threads, then restore the count.
 
-    rows: slice
-    dist: torch.Tensor  # (b, M) float32 ordering key, +inf where a query meets itself
-    pos_idx: torch.Tensor  # (b, P) int64 gallery indices of the positives, padded with -1
-    pos_count: torch.Tensor  # (b,) int64 number of positives of each query (R)
-
-
-def block_rows(num_gallery: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
-    """Rows per block so that a (rows, num_gallery) working set fits ``memory_budget`` bytes.
-
-    The budget bounds extra memory whatever N is; its default keeps a block in
-    the CPU's cache, where the comparison passes after the product are cheap.
-    At least 32 rows (1 with a tiny budget, for tests) are taken.
+    The passes over an in-cache tile are a few milliseconds each; split over
+    OpenMP threads, the barrier between them costs 5-50x that on a loaded
+    machine. So only the matrix product uses every thread; the passes run on
+    independent one-thread workers (``_block_ranks``), the rest on one thread.
     """
-    rows = memory_budget // max(1, num_gallery * _BYTES_PER_ENTRY)
-    return max(1, min(4096, rows if rows < _MIN_ROWS // 2 else max(_MIN_ROWS, rows)))
+    saved = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def memory_budget_for(device: torch.device, free_bytes: int | None = None) -> int:
+    """Bytes one tile may use on ``device``: the cache-sized default on the CPU,
+    a quarter of the free memory on CUDA (``free_bytes`` overrides the query of the device, for tests)."""
+    if device.type != "cuda":
+        return DEFAULT_MEMORY_BUDGET
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return max(DEFAULT_MEMORY_BUDGET, free_bytes // _FREE_MEMORY_SHARE)
+
+
+def tile_shape(num_query: int, num_gallery: int, memory_budget: int) -> tuple[int, int]:
+    """(rows, cols) of a tile of the (num_query, num_gallery) key matrix that fits ``memory_budget`` bytes.
+
+    When whole gallery rows fit at least 1,024 at a time (device memory), a tile
+    is up to 8,192 whole rows; otherwise 1,024 rows (fewer under a tiny budget)
+    by as many columns as fit. Every dimension is at least 1.
+    """
+    entries = max(1, memory_budget // _BYTES_PER_ENTRY)
+    gallery = max(1, num_gallery)
+    if entries // gallery >= _ROWS:
+        return max(1, min(num_query, _MAX_ROWS, entries // gallery)), gallery
+    rows = max(1, min(num_query, _ROWS, entries // min(gallery, _MIN_COLS)))
+    return rows, max(1, min(gallery, entries // rows))
 
 
 def _positive_table(query_labels: torch.Tensor, gallery_labels: torch.Tensor):
@@ -48,84 +88,189 @@ def _positive_table(query_labels: torch.Tensor, gallery_labels: torch.Tensor):
     return order, torch.where(found, starts[slot], 0), torch.where(found, counts[slot], 0)
 
 
-def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
-                   gallery_labels: torch.Tensor, exclude_self: bool,
-                   memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Iterator[Block]:
-    """Yield distance blocks of (Q, D) queries against (M, D) gallery items.
+def _exact_sq_dist(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(P,) float64 ``sum((query[rows] - gallery[cols])^2)`` for (P,) index pairs, in cache-sized chunks."""
+    out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
+    for lo in range(0, len(rows), _SETTLE_CHUNK):
+        hi = lo + _SETTLE_CHUNK
+        diff = query[rows[lo:hi]].double().sub_(gallery[cols[lo:hi]])
+        out[lo:hi] = diff.mul_(diff).sum(dim=1)
+    return out
 
-    With ``exclude_self`` the query set is the gallery: query i never retrieves
-    item i and is not its own positive.
+
+def _key_error_bound(query: torch.Tensor, g_norm: torch.Tensor) -> torch.Tensor:
+    """(Q,) float64 bound on |float32 key - exact key| of every item in each query's row.
+
+    ``g_norm`` is the float64 scalar largest gallery norm.
+
+    The key is fl(fl(|g|^2) - 2 fl(q.g)). With u the product's unit roundoff and
+    gamma = D u / (1 - D u), |fl(q.g) - q.g| <= gamma |q||g| and
+    |fl(|g|^2) - |g|^2| <= gamma |g|^2 in any summation order, and the final
+    subtraction adds u (|g|^2 + 2|q||g|). A 1% margin and a float64 term cover the
+    exact reference's own rounding.
     """
-    query, gallery = query.float(), gallery.float()
-    gallery_sq = gallery.pow(2).sum(dim=1)
-    gallery_t = gallery.t().contiguous()
-    order, starts, counts = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
-    rows_per_block = block_rows(len(gallery), memory_budget)
-    for lo in range(0, len(query), rows_per_block):
-        hi = min(lo + rows_per_block, len(query))
-        dist = torch.addmm(gallery_sq, query[lo:hi], gallery_t, alpha=-2.0)
-        pos_count = counts[lo:hi]
-        width = int(pos_count.max()) if hi > lo else 0
-        offsets = torch.arange(width, device=dist.device)
-        valid = offsets < pos_count[:, None]
-        pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=len(order) - 1)], -1)
-        if exclude_self:
-            own = torch.arange(lo, hi, device=dist.device)
-            dist[torch.arange(hi - lo, device=dist.device), own] = float("inf")
-            pos_idx = torch.where(pos_idx == own[:, None], -1, pos_idx)
-            pos_count = pos_count - 1
-        yield Block(slice(lo, hi), dist, pos_idx, pos_count)
+    dim = query.shape[1]
+    u = _UNIT_ROUNDOFF[torch.get_float32_matmul_precision()]
+    gamma = dim * u / (1 - dim * u)
+    q_norm = query.double().norm(dim=1)
+    scale = g_norm.pow(2) + 2 * q_norm * g_norm
+    float64_term = 4 * (dim + 2) * 2.0**-53 * (q_norm + g_norm).pow(2)
+    return 1.01 * (gamma + 2 * u) * scale + float64_term
+
+
+def _rounded(x: torch.Tensor, toward: float) -> torch.Tensor:
+    """float64 -> float32 rounded toward ``toward`` (-inf or +inf), so a bound stays a bound."""
+    f = x.float()
+    inward = f < x if toward < 0 else f > x
+    return torch.where(inward & torch.isfinite(f), f, torch.nextafter(f, torch.full_like(f, toward)))
+
+
+class Block(NamedTuple):
+    """The exact ranks of the positives of one block of query rows."""
+
+    rows: slice
+    ranks: torch.Tensor  # (b, J) int64 0-based rank of each query's j-th nearest positive; _NONE past its count
+    pos_count: torch.Tensor  # (b,) int64 number of positives of each query (R)
+
+
+class _Thresholds(NamedTuple):
+    """Per (query, j): the j-th nearest positive and the key window within which items are settled exactly."""
+
+    dist: torch.Tensor  # (b, J) float64 exact squared distance of the positive; +inf when absent
+    index: torch.Tensor  # (b, J) int64 gallery index of the positive
+    below: torch.Tensor  # (b, J) float32: a key below it surely precedes the positive
+    above: torch.Tensor  # (b, J) float32: a key above it surely does not
+
+
+def _thresholds(query: torch.Tensor, gallery: torch.Tensor, g_norm: torch.Tensor, pos_idx: torch.Tensor,
+                width: int) -> _Thresholds:
+    """The first ``width`` positives of (b, D) queries by (exact distance, index), from (b, P) indices padded with -1.
+
+    ``g_norm`` is the float64 scalar largest gallery norm (for the key's error bound).
+    """
+    b = len(query)
+    valid = pos_idx >= 0
+    rows = torch.arange(b, device=query.device)[:, None].expand_as(pos_idx)
+    dist = torch.full(pos_idx.shape, float("inf"), dtype=torch.float64, device=query.device)
+    dist[valid] = _exact_sq_dist(query, gallery, rows[valid], pos_idx[valid])
+    dist, order = torch.sort(dist, dim=1, stable=True)  # pos_idx ascends, so ties keep the smaller index first
+    dist, index = dist[:, :width], pos_idx.gather(1, order)[:, :width]
+    key = dist - query.double().pow(2).sum(dim=1, keepdim=True)
+    bound = _key_error_bound(query, g_norm)[:, None]
+    present = torch.isfinite(key)
+    below = torch.where(present, _rounded(key - bound, float("-inf")), float("-inf"))
+    above = torch.where(present, _rounded(key + bound, float("inf")), float("-inf"))
+    return _Thresholds(dist, index, below, above)
 
 
 def _count(mask: torch.Tensor) -> torch.Tensor:
-    """(b, M) bool -> (b,) int64 number of True per row (summing bytes in int32 is several times faster)."""
+    """(b, C) bool -> (b,) int64 number of True per row (summing bytes in int32 is several times faster)."""
     return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
-def first_positive_rank(block: Block) -> torch.Tensor:
-    """(b,) int64 0-based rank of each query's nearest positive; a huge number when it has none."""
-    dist, pos_idx = block.dist, block.pos_idx
-    none = torch.full((dist.shape[0],), torch.iinfo(torch.int64).max // 2, dtype=torch.int64, device=dist.device)
-    if pos_idx.shape[1] == 0:
-        return none
-    pos_dist = torch.where(pos_idx >= 0, dist.gather(1, pos_idx.clamp(min=0)), float("inf"))
-    best = pos_dist.min(dim=1).values
-    # the first of several equally near positives is the one with the smallest index
-    best_idx = torch.where(pos_dist == best[:, None], pos_idx, torch.iinfo(torch.int64).max).min(dim=1).values
-    closer = _count(dist < best[:, None])
-    at_best = _count(dist <= best[:, None]) - closer
-    tied = (at_best > 1).nonzero().flatten()
-    if len(tied):
-        cols = torch.arange(dist.shape[1], device=dist.device)
-        before = (dist[tied] == best[tied, None]) & (cols < best_idx[tied, None])
-        closer[tied] += before.sum(dim=1)
-    return torch.where(torch.isfinite(best), closer, none)
+def _scan(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: torch.Tensor, th: _Thresholds,
+          part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over rows ``part`` of a (b, C) key tile, with (b, C) bool scratch buffers.
 
-
-def positive_ranks_within_r(block: Block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ranks of the positives that fall inside each query's top R (R = its positive count).
-
-    Returns (rows, ranks, ordinals): for every such positive, its row in the
-    block, its 0-based rank and its 1-based position among the row's positives.
+    Returns ((n, J) int64 count of keys surely before each threshold, and the
+    window's pairs: (P,) row in the block, (P,) column in the tile, (P,) threshold j).
     """
-    dist, count = block.dist, block.pos_count
-    device = dist.device
-    r_max = int(count.max()) if len(count) else 0
-    if r_max <= 0:
-        empty = torch.empty(0, dtype=torch.int64, device=device)
-        return empty, empty, empty
-    kth = dist.topk(r_max, dim=1, largest=False, sorted=True).values
-    threshold = kth.gather(1, (count - 1).clamp(min=0)[:, None])
-    threshold = torch.where(count[:, None] > 0, threshold, float("-inf"))
-    rows, cols = (dist <= threshold).nonzero(as_tuple=True)  # row-major, cols ascending
-    values = dist[rows, cols]
-    order = torch.sort(values, stable=True).indices
-    order = order[torch.sort(rows[order], stable=True).indices]
-    rows, cols = rows[order], cols[order]
-    row_start = torch.searchsorted(rows, rows, right=False)
-    rank = torch.arange(len(rows), device=device) - row_start
-    is_pos = (block.pos_idx[rows] == cols[:, None]).any(dim=1)
-    running = torch.cumsum(is_pos.long(), 0)
-    ordinal = running - torch.where(row_start > 0, running[(row_start - 1).clamp(min=0)], 0)
-    keep = is_pos & (rank < count[rows])
-    return rows[keep], rank[keep], ordinal[keep]
+    key, below, window, above = key[part], below[part], window[part], above[part]
+    counts, rows, cols, js = [], [], [], []
+    for j in range(th.dist.shape[1]):
+        torch.lt(key, th.below[part, j:j + 1], out=below)
+        counts.append(_count(below))
+        torch.le(key, th.above[part, j:j + 1], out=above)
+        r, c = torch.logical_xor(above, below, out=window).nonzero(as_tuple=True)  # below implies above
+        rows.append(r + part.start)
+        cols.append(c)
+        js.append(torch.full_like(r, j))
+    return torch.stack(counts, dim=1), torch.cat(rows), torch.cat(cols), torch.cat(js)
+
+
+def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor, gallery_t: torch.Tensor,
+                 th: _Thresholds, self_offset: int | None, cols: int, threads: int,
+                 pool: ThreadPoolExecutor) -> torch.Tensor:
+    """(b, J) int64 exact 0-based ranks of the thresholds' positives among all gallery items.
+
+    ``self_offset`` is the gallery index of query row 0 when queries are the
+    gallery (a query never ranks itself), else None. The product of each
+    (b, cols) tile runs on ``threads`` CPU threads; the passes over it are split
+    by rows over the ``pool``'s threads, each op on one thread (no barrier).
+    """
+    b, width = th.dist.shape
+    device = query.device
+    closer = torch.zeros(b, width, dtype=torch.int64, device=device)
+    pair_rows, pair_cols, pair_j = [], [], []
+    local = torch.arange(b, device=device)
+    key_buf = torch.empty(b, cols, device=device)
+    below_buf, window_buf, above_buf = (torch.empty(b, cols, dtype=torch.bool, device=device) for _ in range(3))
+    step = -(-b // (threads if device.type == "cpu" else 1))
+    parts = [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
+    for c0 in range(0, gallery_t.shape[1], cols):
+        c1 = min(c0 + cols, gallery_t.shape[1])
+        key, below, window, above = (buf[:, :c1 - c0] for buf in (key_buf, below_buf, window_buf, above_buf))
+        with _cpu_threads(device, threads):
+            torch.addmm(gallery_sq[c0:c1], query, gallery_t[:, c0:c1], alpha=-2.0, out=key)
+        if self_offset is not None:
+            own = local + self_offset - c0
+            inside = (own >= 0) & (own < c1 - c0)
+            key[local[inside], own[inside]] = float("inf")
+        for part, (counts, r, c, j) in zip(parts, pool.map(lambda p: _scan(key, below, window, above, th, p), parts)):
+            closer[part] += counts
+            pair_rows.append(r)
+            pair_cols.append(c + c0)
+            pair_j.append(j)
+    rows, cols_, js = torch.cat(pair_rows), torch.cat(pair_cols), torch.cat(pair_j)
+    exact = _exact_sq_dist(query, gallery, rows, cols_)
+    t_dist, t_index = th.dist[rows, js], th.index[rows, js]
+    precedes = (exact < t_dist) | ((exact == t_dist) & (cols_ < t_index))
+    closer.view(-1).index_add_(0, (rows * width + js)[precedes], torch.ones_like(rows)[precedes])
+    return torch.where(torch.isfinite(th.dist), closer, _NONE)
+
+
+def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
+                   gallery_labels: torch.Tensor, exclude_self: bool, all_positives: bool,
+                   memory_budget: int | None = None) -> Iterator[Block]:
+    """Yield the exact positive ranks of (Q, D) queries against (M, D) gallery items, block by block.
+
+    With ``exclude_self`` the query set is the gallery: query i never retrieves
+    item i and is not its own positive. Only the nearest positive is ranked
+    (enough for Recall@K) unless ``all_positives`` (MAP@R, R-Precision).
+    ``memory_budget`` defaults to ``memory_budget_for`` the embeddings' device.
+    """
+    query, gallery = query.float(), gallery.float()
+    if memory_budget is None:
+        memory_budget = memory_budget_for(gallery.device)
+    gallery_sq = gallery.pow(2).sum(dim=1)
+    g_norm = gallery.double().norm(dim=1).max() if len(gallery) else torch.zeros((), dtype=torch.float64)
+    gallery_t = gallery.t().contiguous()
+    order, starts, counts = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
+    rows_per_block, cols = tile_shape(len(query), len(gallery), memory_budget)
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from _ranked_blocks(query, gallery, gallery_sq, gallery_t, g_norm, (order, starts, counts),
+                                  exclude_self, all_positives, (rows_per_block, cols), threads, pool)
+
+
+def _ranked_blocks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor, gallery_t: torch.Tensor,
+                   g_norm: torch.Tensor, positives: tuple, exclude_self: bool, all_positives: bool,
+                   tile: tuple[int, int], threads: int, pool: ThreadPoolExecutor) -> Iterator[Block]:
+    """The loop of ``iterate_blocks`` over blocks of ``tile[0]`` query rows; ``positives`` is ``_positive_table``'s."""
+    order, starts, counts = positives
+    rows_per_block, cols = tile
+    for lo in range(0, len(query), rows_per_block):
+        with _cpu_threads(gallery.device, 1):
+            hi = min(lo + rows_per_block, len(query))
+            pos_count = counts[lo:hi]
+            offsets = torch.arange(max(1, int(pos_count.max())), device=gallery.device)
+            valid = offsets < pos_count[:, None]
+            pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=len(order) - 1)], -1)
+            if exclude_self:
+                pos_idx = torch.where(pos_idx == torch.arange(lo, hi, device=gallery.device)[:, None], -1, pos_idx)
+                pos_count = pos_count - 1
+            width = max(1, int(pos_count.max())) if all_positives else 1
+            th = _thresholds(query[lo:hi], gallery, g_norm, pos_idx, width)
+            ranks = _block_ranks(query[lo:hi], gallery, gallery_sq, gallery_t, th, lo if exclude_self else None, cols,
+                                 threads, pool)
+        yield Block(slice(lo, hi), ranks, pos_count)

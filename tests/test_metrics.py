@@ -4,7 +4,9 @@ import torch
 
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
 from metric.nmi import kmeans, nmi, normalized_mutual_info
+from metric.ranking import memory_budget_for, tile_shape
 from metric.recall import recall_at_k, recall_at_k_query_gallery
+from metric.retrieval import retrieval_metrics
 from reference import load
 
 
@@ -125,3 +127,133 @@ def test_nmi_of_well_separated_clusters():
     e = centres[labels] + torch.randn(100, 8, generator=g)
     assert nmi(e, labels) > 90.0
     assert len(torch.unique(kmeans(e, 5))) == 5
+
+
+def _exact_brute(query, ql, gallery, gl, ks, exclude_self):
+    """Recall@K and MAP@R by a stable sort of exact float64 difference-form distances."""
+    dist = (query.double()[:, None, :] - gallery.double()[None, :, :]).pow(2).sum(dim=2)
+    if exclude_self:
+        dist.fill_diagonal_(float("inf"))
+    order = torch.sort(dist, dim=1, stable=True).indices
+    if exclude_self:
+        order = order[:, :-1]  # the query itself, at +inf, sorts last
+    hit = gl[order] == ql[:, None]
+    first = torch.where(hit.any(1), hit.double().argmax(1), len(gallery))
+    recall = [100.0 * float((first < k).double().mean()) for k in ks]
+    r = hit.sum(1)
+    aps, rps = [], []
+    for i in range(len(query)):
+        if r[i] == 0:
+            continue
+        rel = hit[i, :r[i]].double()
+        precision = rel.cumsum(0) / torch.arange(1, int(r[i]) + 1)
+        aps.append(float((precision * rel).sum() / r[i]))
+        rps.append(float(rel.sum() / r[i]))
+    return recall, {"MAP@R": 100 * sum(aps) / len(aps), "R-Precision": 100 * sum(rps) / len(rps)}
+
+
+@pytest.mark.parametrize("offset", [30.0, 300.0, 3000.0])
+def test_ranks_are_exact_far_from_the_origin(offset):
+    """Embeddings far from the origin relative to their spread: the float32 key |g|^2 - 2 q.g alone
+    misranks many pairs; the settled ranks equal those of exact float64 distances."""
+    g = torch.Generator().manual_seed(7)
+    e = offset + torch.randn(400, 24, generator=g)
+    labels = torch.randint(0, 60, (400,), generator=g)
+    ks = [1, 2, 4, 8, 50]
+    got = retrieval_metrics(e, labels, None, None, ks, ("recall", "map_r"), memory_budget=60_000)
+    recall, mapr = _exact_brute(e, labels, e, labels, ks, True)
+    assert [got[f"Recall@{k}"] for k in ks] == pytest.approx(recall, abs=1e-9)
+    assert {k: got[k] for k in mapr} == pytest.approx(mapr, abs=1e-9)
+    q, ql = e[:150] + torch.randn(150, 24, generator=g) * 0.5, labels[:150]
+    got = retrieval_metrics(q, ql, e[150:], labels[150:], ks, ("recall", "map_r"), memory_budget=60_000)
+    recall, mapr = _exact_brute(q, ql, e[150:], labels[150:], ks, False)
+    assert [got[f"Recall@{k}"] for k in ks] == pytest.approx(recall, abs=1e-9)
+    assert {k: got[k] for k in mapr} == pytest.approx(mapr, abs=1e-9)
+
+
+def test_float32_key_alone_would_misrank_far_from_the_origin():
+    """The data of the test above really needs the settling: the plain float32 key changes rankings."""
+    g = torch.Generator().manual_seed(7)
+    e = 3000.0 + torch.randn(400, 24, generator=g)
+    key = e.pow(2).sum(1)[None, :] - 2 * e @ e.t()
+    exact = (e.double()[:, None] - e.double()[None]).pow(2).sum(2)
+    assert not torch.equal(key.argsort(dim=1, stable=True), exact.argsort(dim=1, stable=True))
+
+
+def test_one_pass_serves_recall_and_map_r(monkeypatch):
+    """With both metrics requested every distance tile is computed once, and both equal their separate values."""
+    import metric.ranking as ranking
+    e, labels = _integer_data(200, 4, 20, 5)
+    products = []
+    real_addmm = torch.addmm
+
+    def counting_addmm(*args, **kwargs):
+        products.append(args[1].shape[0] * args[2].shape[1])
+        return real_addmm(*args, **kwargs)
+
+    monkeypatch.setattr(ranking.torch, "addmm", counting_addmm)
+    both = retrieval_metrics(e, labels, None, None, [1, 5], ("recall", "map_r"), memory_budget=20_000)
+    assert sum(products) == 200 * 200  # every (query, item) key exactly once
+    monkeypatch.undo()
+    assert [both["Recall@1"], both["Recall@5"]] == recall_at_k(e, labels, [1, 5], memory_budget=20_000)
+    assert {k: both[k] for k in ("MAP@R", "R-Precision")} == map_at_r(e, labels, memory_budget=20_000)
+
+
+def test_tiles_follow_the_budget_and_cuda_free_memory():
+    """Block sizing: on the CPU a cache-sized tile; on CUDA a quarter of the (here faked) free device memory."""
+    cpu = memory_budget_for(torch.device("cpu"))
+    rows, cols = tile_shape(60502, 60502, cpu)
+    assert rows == 1024 and rows * cols * 6 <= cpu
+    cuda = memory_budget_for(torch.device("cuda"), free_bytes=40 * 2**30)
+    assert cuda == 10 * 2**30
+    rows, cols = tile_shape(60502, 60502, cuda)
+    assert cols == 60502 and rows == 8192 and rows * cols * 6 <= cuda  # whole rows, many at a time
+    rows, cols = tile_shape(60502, 60502, memory_budget_for(torch.device("cuda"), free_bytes=2 * 2**30))
+    assert cols == 60502 and 1024 <= rows < 8192
+    assert tile_shape(10, 7, 1) == (1, 1) and tile_shape(3, 5, 2**30) == (3, 5)
+    assert memory_budget_for(torch.device("cuda"), free_bytes=0) == cpu  # never below the CPU tile
+
+
+def _brute_nmi(a: list, b: list) -> float:
+    """NMI with the arithmetic-mean normaliser from the contingency table, in plain Python."""
+    import math
+    n = len(a)
+    joint, pa, pb = {}, {}, {}
+    for x, y in zip(a, b):
+        joint[x, y] = joint.get((x, y), 0) + 1
+        pa[x] = pa.get(x, 0) + 1
+        pb[y] = pb.get(y, 0) + 1
+    mi = sum(c / n * math.log(c * n / (pa[x] * pb[y])) for (x, y), c in joint.items())
+    ha = -sum(c / n * math.log(c / n) for c in pa.values())
+    hb = -sum(c / n * math.log(c / n) for c in pb.values())
+    return mi / ((ha + hb) / 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nmi_equals_brute_force_on_small_labelings(seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randint(0, 7, (200,), generator=g), torch.randint(0, 5, (200,), generator=g)
+    b[:100] = a[:100]  # partly dependent
+    assert normalized_mutual_info(a, b) == pytest.approx(_brute_nmi(a.tolist(), b.tolist()), abs=1e-12)
+
+
+def test_kmeans_is_deterministic_and_a_lloyd_fixed_point():
+    """Same seed, same clusters; at convergence each point sits with its nearest centroid (brute force)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(150, 6, generator=g) + 4 * torch.randn(30, 6, generator=g).repeat_interleave(5, 0)
+    first = kmeans(x, 30, iterations=500, seed=3)
+    assert torch.equal(first, kmeans(x, 30, iterations=500, seed=3))
+    assert len(torch.unique(first)) == 30
+    centroids = torch.stack([x[first == c].double().mean(0) for c in range(30)])
+    brute = (x.double()[:, None] - centroids[None]).pow(2).sum(2).argmin(1)
+    assert (brute == first).double().mean() > 0.99  # Lloyd stops at < 0.1% changes
+    labels = torch.arange(30).repeat_interleave(5)
+    assert nmi(x, labels, seed=3) == nmi(x, labels, seed=3)
+
+
+def test_seeding_draws_many_per_round_and_covers_duplicates():
+    """k above the round count draws several centroids per round; fewer distinct points than k still gives k."""
+    x = torch.zeros(300, 3)
+    x[:100] = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+    assign = kmeans(x, 150, iterations=3, seed=0)  # 101 distinct points for 150 clusters
+    assert assign.shape == (300,) and len(torch.unique(assign[:100])) == 100

@@ -84,3 +84,22 @@ def test_build_model_rejects_unknown_backbone():
 def test_authors_spelling_of_num_image_per_class_is_accepted():
     args = run.parse_args(["--num_image_per_class", "3"])
     assert args.num_image_per_class == 3
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(cub_root, tmp_path, monkeypatch):
+    """--eval-every 2 over 3 epochs: evaluations after epochs 0, 2 and 3 (the last), none after epoch 1."""
+    evaluated = []
+    real = run.evaluate
+
+    def recording(model, loaders, ks, epoch=0, *args, **kwargs):
+        evaluated.append(epoch)
+        return real(model, loaders, ks, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(run, "evaluate", recording)
+    save = tmp_path / "out"
+    _main(["--dataset", "cub200", "--epochs", "3", "--eval-every", "2", "--data", str(cub_root),
+           "--save-dir", str(save)] + SMALL)
+    assert evaluated == [0, 2, 3]
+    records = [line for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert ["Recall@1" in r for r in records] == [False, True, True]
+    assert re.search(r"Final Recall@1: [\d.]+", (save / "result.txt").read_text())

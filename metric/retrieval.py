@@ -1,0 +1,68 @@
+"""Recall@K, MAP@R and R-Precision from one pass over the distance tiles."""
+from typing import Iterable, Sequence
+
+import torch
+
+from metric.ranking import Block, iterate_blocks
+
+
+def _recall_hits(block: Block, ks: torch.Tensor) -> torch.Tensor:
+    """(len(ks),) float64 number of the block's queries whose nearest positive ranks below each K."""
+    first = block.ranks[:, 0].cpu()
+    return (first[None, :] < ks[:, None]).sum(dim=1).double()
+
+
+def _map_sums(block: Block) -> tuple[float, float, int]:
+    """(sum of AP@R, sum of R-Precision, number of queries with R > 0) over one block.
+
+    The j-th nearest positive (ordinal j + 1) counts when its rank is below R;
+    AP@R = (1/R) sum over those of ordinal / (rank + 1).
+    """
+    ranks, count = block.ranks, block.pos_count
+    ordinal = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=torch.float64)
+    inside = ranks < count[:, None]
+    precision = torch.where(inside, ordinal / (ranks.double() + 1), 0.0).sum(dim=1)
+    has = count > 0
+    r = count[has].double()
+    return float((precision[has] / r).sum()), float((inside[has].sum(dim=1) / r).sum()), int(has.sum())
+
+
+def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None,
+                      gallery_labels: torch.Tensor | None, ks: Sequence[int] = (),
+                      metrics: Iterable[str] = ("recall",), memory_budget: int | None = None) -> dict[str, float]:
+    """Recall@K and, with "map_r" in ``metrics``, MAP@R and R-Precision, all in percent, from one pass.
+
+    Args:
+        query: (Q, D) embeddings; with ``gallery`` None each queries all the others (itself excluded).
+        query_labels: (Q,) int labels.
+        gallery: (M, D) embeddings of the query->gallery protocol, or None.
+        gallery_labels: (M,) int labels, or None.
+        ks: the K of Recall@K ("Recall@K" keys); a hit is a positive among the K nearest.
+        metrics: "recall" and/or "map_r"; other names are ignored here.
+        memory_budget: bytes of one distance tile; default by device (see metric.ranking).
+
+    Returns:
+        {"Recall@K": ..., "MAP@R": ..., "R-Precision": ...} as requested. MAP@R and
+        R-Precision leave out queries without positives (R = 0); Recall@K counts them as misses.
+    """
+    metrics = set(metrics)
+    self_mode = gallery is None
+    gallery = query if self_mode else gallery
+    gallery_labels = query_labels if self_mode else gallery_labels
+    ks_t = torch.tensor(list(ks), dtype=torch.int64)
+    hits = torch.zeros(len(ks_t), dtype=torch.float64)
+    ap_sum = rp_sum = 0.0
+    queries = 0
+    blocks = iterate_blocks(query, query_labels.to(query.device), gallery, gallery_labels.to(gallery.device),
+                            exclude_self=self_mode, all_positives="map_r" in metrics, memory_budget=memory_budget)
+    for block in blocks:
+        hits += _recall_hits(block, ks_t)
+        if "map_r" in metrics:
+            ap, rp, n = _map_sums(block)
+            ap_sum, rp_sum, queries = ap_sum + ap, rp_sum + rp, queries + n
+    out = {}
+    if "recall" in metrics:
+        out.update({f"Recall@{k}": v for k, v in zip(ks, (100.0 * hits / max(1, len(query))).tolist())})
+    if "map_r" in metrics:
+        out.update({"MAP@R": 100.0 * ap_sum / max(1, queries), "R-Precision": 100.0 * rp_sum / max(1, queries)})
+    return out
