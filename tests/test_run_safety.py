@@ -16,22 +16,16 @@ import run
 from errors import UserError
 from experiment import run_dir
 from minidata import make_cub
+from small_run import SMALL, run_main as _main
 from model import build_model
 from model.checkpoint import read_weights_file, save_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
-         "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5"]
 
 
 @pytest.fixture(scope="module")
 def cub_root(tmp_path_factory):
     return make_cub(tmp_path_factory.mktemp("data"))
-
-
-def _main(argv):
-    return run.main(run.parse_args(argv))
 
 
 def _epochs(folder: Path) -> list[int]:
@@ -334,3 +328,13 @@ def test_folder_data_that_is_a_file_says_so(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="notes.txt is a file, not a folder"):
         Folder(tmp_path / "notes.txt")
+
+
+def test_curves_plot_a_run_evaluated_every_other_epoch(cub_root, tmp_path):
+    save = tmp_path / "run"
+    _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "3", "--eval-every", "2", "--plot"])
+    assert (save / "curves.png").stat().st_size > 10_000 and "Recall@1" not in _epochs_records(save)[0]
+
+
+def _epochs_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

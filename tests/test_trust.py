@@ -12,21 +12,15 @@ from errors import UserError
 from experiment.validation import ClassSubset, held_out_count
 from experiment.guards import CANONICAL, fingerprint_mismatches, sha256_file
 from minidata import make_cub
+from small_run import SMALL, run_main as _main
 from model import build_model
 from model.resnet import ResNetTrunk
 
-SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
-         "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5"]
 
 
 @pytest.fixture(scope="module")
 def cub_root(tmp_path_factory):
     return make_cub(tmp_path_factory.mktemp("data"))
-
-
-def _main(argv):
-    return run.main(run.parse_args(argv))
 
 
 def test_config_json_records_the_run(cub_root, tmp_path, capsys):

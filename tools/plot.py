@@ -67,25 +67,31 @@ def _pyplot():
 def plot_curves(records: list[dict], out: Path) -> Path:
     plt = _pyplot()
     epochs = [r["epoch"] for r in records]
-    recall_keys = [k for k in records[0] if k.startswith("Recall@")]
+    recall_keys = sorted({k for r in records for k in r if k.startswith("Recall@")}, key=lambda k: int(k[7:]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(epochs, [r["loss"] for r in records], label="triplet loss")
+    axes[0].plot(epochs, [r["loss"] for r in records], label="base loss")
     axes[0].plot(epochs, [r["mdr_loss"] for r in records], label="MDR term")
     axes[0].set_title("loss")
-    for key in recall_keys:
-        axes[1].plot(epochs, [r[key] for r in records], label=key)
+    for key in recall_keys:  # epochs skipped by --eval-every have no recall
+        evaluated = [r for r in records if key in r]
+        axes[1].plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker=".", label=key)
     axes[1].set_title("recall (%)")
     levels = list(zip(*[r["levels"] for r in records]))
     for i, series in enumerate(levels):
         axes[2].plot(epochs, series, label=f"level {i + 1}")
     axes[2].set_title("MDR levels")
+    return save_epoch_figure(fig, axes, out)
+
+
+def save_epoch_figure(fig, axes, out: Path) -> Path:
+    """Label every x axis "epoch", add legends and grids, and write ``fig`` to ``out``."""
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out
 
 
@@ -137,13 +143,7 @@ def plot_comparison(paths: list[str], out: Path) -> Path:
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
             ax.set_ylabel(f"{key} (%)")
         ax.set_title(dataset)
-        ax.set_xlabel("epoch")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_epoch_figure(fig, axes[0], out)
 
 
 def main(argv: list[str] | None = None) -> int:
