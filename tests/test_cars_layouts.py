@@ -1,7 +1,6 @@
 """Cars-196 in the original, torchvision/Kaggle and class-folder layouts: same images, same labels, same split."""
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -85,12 +84,10 @@ def full_size_images(blank: Path) -> list:
 def test_full_size_counts_in_every_layout(tmp_path):
     images = full_size_images(write(tmp_path / "blank.jpg", b""))
     assert len(images) == 16185 and sum(not test for _, test, _ in images) == 8144
-    start = time.perf_counter()
     for name, root in layouts(tmp_path, images, nested=True, bbox=False).items():
         train, test = Cars196(root, "train"), Cars196(root, "test")
         assert (len(train), len(test)) == (8054, 8131), name
         assert set(train.labels) == set(range(98)) and set(test.labels) == set(range(98, 196)), name
-    assert time.perf_counter() - start < 60
 
 
 def test_partial_original_tree_gives_applicable_advice(tmp_path):
