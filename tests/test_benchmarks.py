@@ -11,7 +11,7 @@ from dataset import CUB200, Cars196, Folder, InShop, StanfordOnlineProducts
 from dataset.benchmark import Remote
 from errors import UserError
 from http_server import serve
-from minidata import make_cars, make_cub, make_folder, make_inshop, make_sop, tar_tree, write, zip_tree
+from minidata import make_cars, make_cub, make_folder, make_inshop, make_sop, tar_tree, zip_tree
 
 AUTHORS_TRAINING = {
     "cub200": ["--dataset cub200 --lr 5e-5 --recall 1 2 4 8",

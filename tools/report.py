@@ -152,8 +152,8 @@ def render(groups: list[Group], fmt: str) -> str:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["dataset", "method", "selection", "seeds"] + [f"{k} {s}" for k in keys
                                                                        for s in ("mean", "std")])
-        for dataset, method, label, n, cells in table:
-            writer.writerow([dataset, method, label, n] + [f"{v:.4f}" if cell else "" for cell in cells
+        for dataset, method_name, label, n, cells in table:
+            writer.writerow([dataset, method_name, label, n] + [f"{v:.4f}" if cell else "" for cell in cells
                                                            for v in (cell or (0, 0))])
         return buf.getvalue()
     pm = r" $\pm$ " if fmt == "latex" else " ± "
