@@ -3,8 +3,10 @@
 k-means runs at SOP scale (60,502 points, k = 11,316): the greedy D^2 seeding
 (scikit-learn's k-means++) draws its centroids in rounds of many at once
 (k-means||-style, Bahmani et al. 2012, without the reclustering step), each
-round one matrix product, instead of k sequential passes over the data;
-assignments are blocked matrix products.
+round one matrix product, instead of k sequential passes over the data.
+Seeding sees a 256-d random projection of the points (half the products at
+512-d); Lloyd's iterations and assignments use the full points in blocked
+matrix products.
 """
 import math
 
@@ -12,18 +14,22 @@ import torch
 
 _SEED_ROUNDS = 64  # seeding rounds: k-means++ exactly when k <= 65
 _BLOCK_BYTES = 64 * 2**20  # bytes of one (points, k) block of distances in the assignment
+_TRIAL_BLOCK_BYTES = 8 * 2**20  # bytes of one (points, candidates) block of the seeding trials: stays in cache
+_SEED_DIM = 256  # seeding works on a random projection to this many dimensions (none when D <= 256)
 _TOLERANCE = 1e-3  # Lloyd stops once fewer than this fraction of the points change cluster
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int = 10, seed: int = 0) -> torch.Tensor:
     """Lloyd's k-means of (N, D) points into k clusters -> (N,) int64 assignments, deterministic for ``seed``.
 
-    Centroids start from batched D^2 seeding (``_seed_centroids``); an empty
+    Centroids start at the points that batched D^2 seeding picks on a random
+    projection (``_project``, ``_seed_indices``); an empty
     cluster keeps its centroid. Stops after ``iterations`` or once fewer than
     0.1% of the points change cluster.
     """
     x = x.float()
-    centroids = _seed_centroids(x, k, torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    centroids = x[_seed_indices(_project(x, _SEED_DIM, g), k, g)]
     assign = torch.full((len(x),), -1, dtype=torch.int64, device=x.device)
     for _ in range(iterations):
         new = _nearest_centroid(x, centroids)
@@ -38,8 +44,15 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, seed: int = 0) -> torc
     return assign
 
 
-def _seed_centroids(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """(k, D) initial centroids: greedy D^2 seeding (as scikit-learn's k-means++), drawn in batched rounds.
+def _project(x: torch.Tensor, dim: int, g: torch.Generator) -> torch.Tensor:
+    """(N, dim) Gaussian random projection of the (N, D) points, keeping squared distances in expectation; x when D <= dim."""
+    if x.shape[1] <= dim:
+        return x
+    return x @ (torch.randn(x.shape[1], dim, generator=g) / math.sqrt(dim)).to(x.device)
+
+
+def _seed_indices(x: torch.Tensor, k: int, g: torch.Generator) -> list[int]:
+    """k indices of the (N, D) points to start as centroids: greedy D^2 seeding (as scikit-learn's k-means++) in rounds.
 
     The first centroid is uniform. The rest come in up to 64 rounds of
     m = ceil((k - 1) / 64) centroids; a round draws m groups of 2 + ln k
@@ -64,23 +77,27 @@ def _seed_centroids(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor
             break
         trials = max(1, min(group, available // take))
         candidates = torch.multinomial(weights, take * trials, replacement=False, generator=g).to(x.device)
-        potential = _potential_with(x, x[candidates], min_sq).view(take, trials)
-        new = candidates.view(take, trials).gather(1, potential.argmin(dim=1, keepdim=True)).flatten()
+        reduction = _reduction_with(x, x[candidates], min_sq).view(take, trials)
+        new = candidates.view(take, trials).gather(1, reduction.argmax(dim=1, keepdim=True)).flatten()
         chosen += new.tolist()
         min_sq = torch.minimum(min_sq, _nearest_sq_dist(x, x[new]))
         min_sq[new] = 0  # never drawn twice, whatever the rounding
-    return x[chosen].clone()
+    return chosen
 
 
-def _potential_with(x: torch.Tensor, candidates: torch.Tensor, min_sq: torch.Tensor) -> torch.Tensor:
-    """(c,) float64 total squared distance of the (N, D) points if each (D,) candidate alone joined the centroids."""
+def _reduction_with(x: torch.Tensor, candidates: torch.Tensor, min_sq: torch.Tensor) -> torch.Tensor:
+    """(c,) float64 drop in the total squared distance of the (N, D) points if each (D,) candidate alone joined.
+
+    Sums relu(min_sq - |x - c|^2) over the points, the bias min_sq - |x|^2 - |c|^2
+    taking the place of the product's initial value: three passes over each block.
+    """
     c_sq = candidates.pow(2).sum(dim=1)
-    block = max(1, _BLOCK_BYTES // (4 * max(1, len(candidates))))
+    bias = min_sq - x.pow(2).sum(dim=1)
+    block = max(1, _TRIAL_BLOCK_BYTES // (4 * max(1, len(candidates))))
     total = torch.zeros(len(candidates), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), block):
-        part = x[i:i + block]
-        sq = torch.addmm(c_sq, part, candidates.t(), alpha=-2.0).add_(part.pow(2).sum(dim=1, keepdim=True))
-        total += torch.minimum(sq.clamp_(min=0), min_sq[i:i + block, None]).sum(dim=0, dtype=torch.float64)
+        gain = torch.sub(bias[i:i + block, None], c_sq).addmm_(x[i:i + block], candidates.t(), alpha=2.0).relu_()
+        total += gain.sum(dim=0)
     return total
 
 

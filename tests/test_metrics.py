@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
+import metric.nmi as nmi_module
 from metric.nmi import kmeans, nmi, normalized_mutual_info
 from metric.ranking import memory_budget_for, tile_shape
 from metric.recall import recall_at_k, recall_at_k_query_gallery
@@ -257,3 +258,25 @@ def test_seeding_draws_many_per_round_and_covers_duplicates():
     x[:100] = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
     assign = kmeans(x, 150, iterations=3, seed=0)  # 101 distinct points for 150 clusters
     assert assign.shape == (300,) and len(torch.unique(assign[:100])) == 100
+
+
+def test_seeding_trials_equal_brute_force_reduction(monkeypatch):
+    """Each candidate's drop in the total squared distance, in cache-sized blocks, equals float64 brute force."""
+    monkeypatch.setattr(nmi_module, "_TRIAL_BLOCK_BYTES", 4 * 7 * 13)  # 13 rows of 7 candidates: several blocks
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(100, 4, generator=g)
+    candidates = x[torch.randperm(100, generator=g)[:7]]
+    min_sq = 2 * torch.rand(100, generator=g)
+    sq = (x.double()[:, None] - candidates.double()[None]).pow(2).sum(2)
+    brute = (min_sq.double()[:, None] - sq).clamp(min=0).sum(0)
+    assert torch.allclose(nmi_module._reduction_with(x, candidates, min_sq), brute, rtol=1e-5, atol=1e-5)
+
+
+def test_kmeans_seeded_on_a_projection_is_deterministic_and_finds_the_clusters():
+    """Above 256 dimensions seeding sees a random projection: still the same clusters for a seed, close to the true ones."""
+    g = torch.Generator().manual_seed(6)
+    labels = torch.arange(20).repeat_interleave(6)
+    x = 3 * torch.randn(20, 300, generator=g)[labels] + torch.randn(120, 300, generator=g)
+    first = kmeans(x, 20, seed=1)
+    assert torch.equal(first, kmeans(x, 20, seed=1))
+    assert normalized_mutual_info(first, labels) > 0.9
