@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dataset import DATASETS
 from dataset.sampler import PKSampler, SeededShards
-from dataset.transforms import build_transforms
+from dataset.transforms import DeviceNormalize, build_transforms, device_normalization
 from errors import UserError
 from experiment import distributed
 from experiment.config import record_run
@@ -197,11 +197,12 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
-def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Asynchronous copy of an image batch; channels_last on CUDA, where convolutions prefer it."""
-    if device.type == "cuda":
-        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return images.to(device)
+def to_device(images: torch.Tensor, device: torch.device, normalize: DeviceNormalize | None = None) -> torch.Tensor:
+    """Asynchronous copy of an image batch, a uint8 one normalised there by ``normalize``; channels_last on CUDA."""
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = normalize(images)
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
 
 
 def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -219,7 +220,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
                     scaler: torch.amp.GradScaler | None = None, ctx: Context = Context(),
-                    on_step: Callable[[int, float, float, float], None] | None = None) -> float:
+                    on_step: Callable[[int, float, float, float], None] | None = None,
+                    normalize: DeviceNormalize | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
@@ -229,7 +231,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     holds a slice of the batch: the linear outputs and labels of all ranks are
     gathered, and the head's scaling, the base loss and MDR see the whole batch.
     ``on_step``, if given, is called after each step with (iteration, base
-    loss, MDR term, learning rate of the first parameter group).
+    loss, MDR term, learning rate of the first parameter group). ``normalize``
+    turns uint8 batches into the network's float input on the device.
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -241,7 +244,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     losses, regs = [], []
     progress = tqdm(loader, ncols=80, disable=not ctx.is_main)
     for iteration, (images, labels) in enumerate(progress):
-        images, labels = to_device(images, device), labels.to(device, non_blocking=True)
+        images, labels = to_device(images, device, normalize), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             embedding = model(images, finish=not ctx.active)
         if ctx.active:
@@ -288,8 +291,8 @@ def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
 
 @torch.inference_mode()
 def extract(model: nn.Module, loader: DataLoader, desc: str,
-            ctx: Context = Context()) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 embeddings and (N,) labels of a loader, in eval mode.
+            ctx: Context = Context(), normalize: DeviceNormalize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float32 embeddings and (N,) labels of a loader, in eval mode; ``normalize`` as in train_one_epoch.
 
     Under torchrun each rank's loader holds its contiguous shard of the set;
     the shards are gathered back in dataset order on every rank.
@@ -298,7 +301,7 @@ def extract(model: nn.Module, loader: DataLoader, desc: str,
     model.eval()
     embeddings, labels = [], []
     for images, batch_labels in tqdm(loader, ncols=80, desc=desc, disable=not ctx.is_main):
-        embeddings.append(model(to_device(images, device)).float())
+        embeddings.append(model(to_device(images, device, normalize)).float())
         labels.append(batch_labels.to(device))
     embeddings = torch.cat(embeddings) if embeddings else torch.empty(0, model.linear.out_features, device=device)
     labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
@@ -307,14 +310,15 @@ def extract(model: nn.Module, loader: DataLoader, desc: str,
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
              metrics: Iterable[str] = ("recall",), keep: dict | None = None,
-             ctx: Context = Context()) -> dict[str, float]:
+             ctx: Context = Context(), normalize: DeviceNormalize | None = None) -> dict[str, float]:
     """Recall@K (percent) and the other requested metrics on the test split, or query -> gallery.
 
     ``loaders`` holds "test", or "query" and "gallery". Returns {"Recall@K": ..., "MAP@R": ...}.
     ``keep``, if given, receives {split: (embeddings, labels)}. Under torchrun
     every rank embeds its shard, and rank 0 computes the metrics for all.
     """
-    embedded = {name: extract(model, loader, f"[Eval][Epoch {epoch}] {name}", ctx) for name, loader in loaders.items()}
+    embedded = {name: extract(model, loader, f"[Eval][Epoch {epoch}] {name}", ctx, normalize)
+                for name, loader in loaders.items()}
     if keep is not None:
         keep.update(embedded)
     return distributed.on_main(ctx, lambda: compute_metrics(embedded, ks, epoch, metrics))
@@ -341,8 +345,9 @@ def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable
 
 
 def build_datasets(args: argparse.Namespace) -> tuple:
-    """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms."""
-    train_tf, test_tf = build_transforms(args.backbone, args.image_size)
+    """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms, ending in
+    uint8 tensors that ``device_normalization`` finishes on the device."""
+    train_tf, test_tf = build_transforms(args.backbone, args.image_size, uint8=True)
     cls = DATASETS[args.dataset]
     kwargs = {"download": args.download, "cache_dir": args.cache_dir, "cache_workers": args.workers}
     if args.dataset == "folder":
@@ -473,7 +478,8 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
     model = build_run_model(args, device)
     _, eval_sets, _, eval_loaders = build_data(args, device, ctx)
     embedded: dict = {}
-    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx)
+    normalize = device_normalization(args.backbone)
+    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx, normalize=normalize)
     print_table(results)
     if ctx.is_main and (args.save_embeddings or args.save_retrievals):
         with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
@@ -527,6 +533,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     trained = DistributedDataParallel(model, broadcast_buffers=False) if ctx.active else model
     tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard and ctx.is_main else None
     embedded: dict = {}
+    normalize = device_normalization(args.backbone)
 
     def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> None:
         state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "loss": criterion.state_dict(),
@@ -551,7 +558,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         key, history = resumed["key"], resumed["history"]
         print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
-        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx)
+        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx,
+                           normalize=normalize)
         start, best, best_epoch, history = 1, results[key], 0, []
         checkpoint(0, results, best, best_epoch, history)
 
@@ -563,13 +571,15 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             sampler.set_epoch(epoch)
             on_step = partial(tb.log_iteration, epoch) if tb else None
             loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler, ctx, on_step)
+                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize)
             scheduler.step()
             evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
             val = {}
             if evaluated:
-                results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx)
-                val = evaluate(model, val_loaders, args.recall, epoch, ctx=ctx) if val_loaders else {}
+                results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx,
+                                   normalize=normalize)
+                val = (evaluate(model, val_loaders, args.recall, epoch, ctx=ctx, normalize=normalize)
+                       if val_loaders else {})
                 if results[key] > best:
                     best, best_epoch = results[key], epoch
             history.append({"epoch": epoch, "loss": loss, "mdr_loss": stats["reg_loss"], "lr": lr,

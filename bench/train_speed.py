@@ -3,10 +3,15 @@
     python bench/train_speed.py [--images 200] [--batch 128] [--iters 10]
 
 Data pipeline: images/s of the train transform over the same generated 500x375
-JPEG files, one process with one thread (per core), and with a 2-worker DataLoader.
-Outputs of all three are checked to be identical for the same torch seeds.
+JPEG files, one process with one thread (per core), and with a 2-worker DataLoader,
+where the project's cached path hands over uint8 crops and normalises each batch
+in the main process, as run.py does on the training device. Outputs of all are
+checked to be identical for the same torch seeds.
 Training: BN-Inception iterations on the current device: fp32, and AMP where CUDA
-is present; then one epoch end to end through the cached loader.
+is present; then one epoch end to end through the cached loader. Evaluation:
+BN-Inception embedding of uint8 batches, and from the two rates an estimate of
+the share of an SOP-sized epoch (100 x 256 training images, 60,502 test images)
+that goes to evaluation.
 """
 import argparse
 import io
@@ -27,11 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import run  # noqa: E402
 from dataset.image_list import ImageList  # noqa: E402
 from dataset.sampler import PKSampler  # noqa: E402
-from dataset.transforms import authors_normalization, build_transforms  # noqa: E402
+from dataset.transforms import DeviceNormalize, authors_normalization  # noqa: E402
+from dataset.transforms import build_transforms, device_normalization  # noqa: E402
 from loss.mdr import MDRLoss  # noqa: E402
 from loss.sampler import DistanceWeighted  # noqa: E402
 from loss.triplet import TripletLoss  # noqa: E402
 from model import build_model  # noqa: E402
+
+SOP_TRAIN_PER_EPOCH = 100 * 256  # the authors' iter_per_epoch x batch on SOP
+SOP_TEST = 60_502  # test images, embedded at every evaluation
 
 
 def make_jpegs(folder: Path, count: int, classes: int = 20) -> list[tuple[str, int]]:
@@ -77,20 +86,27 @@ def per_core(dataset, passes: int = 3) -> float:
     return float(np.median(rates))
 
 
-def with_loader(dataset, workers: int) -> float:
+def with_loader(dataset, workers: int, normalize: DeviceNormalize | None = None) -> float:
+    """Images/s of a ``workers``-process DataLoader (batches of 32); with ``normalize``, uint8 batches are
+    normalised in this process, as on a CPU training device (a GPU does it off the CPU)."""
     loader = DataLoader(dataset, batch_size=32, num_workers=workers, shuffle=False)
     next(iter(loader))  # start-up is not throughput
     start = time.perf_counter()
-    count = sum(len(labels) for _, labels in loader)
+    count = 0
+    for images, labels in loader:
+        images = normalize(images) if normalize is not None else images
+        count += len(labels)
     return count / (time.perf_counter() - start)
 
 
-def identical(datasets, seeds=(1, 2, 3)) -> bool:
+def identical(datasets, normalize: DeviceNormalize, seeds=(1, 2, 3)) -> bool:
+    """Whether every dataset gives the same float image for the same seeds, uint8 ones after ``normalize``."""
     for seed in seeds:
         outs = []
         for ds in datasets:
             torch.manual_seed(seed)
-            outs.append(ds[seed][0])
+            image = ds[seed][0]
+            outs.append(normalize(image[None])[0] if image.dtype == torch.uint8 else image)
         if not all(torch.equal(outs[0], o) for o in outs[1:]):
             return False
     return True
@@ -118,8 +134,24 @@ def train_speed(device: torch.device, batch: int, iters: int, amp: bool) -> floa
     return batch * iters / (time.perf_counter() - start)
 
 
+def eval_speed(device: torch.device, batch: int, iters: int) -> float:
+    """Images/s of ``run.extract`` (BN-Inception, eval mode) on random uint8 224x224 batches of ``batch``."""
+    model = build_model("bninception", pretrained=False).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
+    batches = [(images, torch.arange(batch))] * iters
+    normalize = device_normalization("bninception")
+    run.extract(model, batches[:1], "warm-up", normalize=normalize)
+    start = time.perf_counter()
+    run.extract(model, batches, "eval", normalize=normalize)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * iters / (time.perf_counter() - start)
+
+
 def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int, amp: bool) -> float:
-    train_tf, _ = build_transforms("bninception")
+    train_tf, _ = build_transforms("bninception", uint8=True)
     dataset = ImageList(samples, train_tf, cache_dir=cache_dir, cache_name="bench-train")
     sampler = PKSampler(dataset.labels, batch, 4, iters, seed=0)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
@@ -132,7 +164,7 @@ def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int
     amp_dtype, scaler = run.amp_settings(amp, device)
     start = time.perf_counter()
     run.train_one_epoch(model, loader, optimizer, TripletLoss(sampler=DistanceWeighted()), mdr, 0.6, 0.01,
-                        amp_dtype=amp_dtype, scaler=scaler)
+                        amp_dtype=amp_dtype, scaler=scaler, normalize=device_normalization("bninception"))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch * iters / (time.perf_counter() - start)
@@ -162,6 +194,9 @@ def main() -> None:
         start = time.perf_counter()
         cached = ImageList(samples, train_tf, cache_dir=tmp / "cache", cache_name="bench")
         build_s = time.perf_counter() - start
+        cached_uint8 = ImageList(samples, build_transforms("bninception", uint8=True)[0], cache_dir=tmp / "cache",
+                                 cache_name="bench")
+        normalize = device_normalization("bninception")
 
         torch.set_num_threads(1)
         rates = {"authors' chain": per_core(authors), "project, uncached": per_core(uncached),
@@ -170,14 +205,17 @@ def main() -> None:
         baseline = rates["authors' chain"]
         for name, rate in rates.items():
             print(f"  {name:<18} {rate:8.1f} images/s   {rate / baseline:5.2f}x the authors' chain")
-        print(f"  outputs identical for the same torch seeds: {identical([authors, uncached, cached])}")
+        print(f"  outputs identical for the same torch seeds: "
+              f"{identical([authors, uncached, cached, cached_uint8], normalize)}")
         print(f"  cache build: {build_s:.1f} s for {args.images} images ({args.images / build_s:.0f} images/s, "
               f"{os.cpu_count()} workers)")
         torch.set_num_threads(os.cpu_count() or 1)
         workers = min(2, os.cpu_count() or 1)
         a, c = with_loader(authors, workers), with_loader(cached, workers)
-        print(f"  DataLoader, {workers} workers: authors' chain {a:.1f} images/s, cached {c:.1f} images/s "
-              f"({c / a:.2f}x)")
+        u, un = with_loader(cached_uint8, workers), with_loader(cached_uint8, workers, normalize)
+        print(f"  DataLoader, {workers} workers, images/s: authors' chain {a:.1f}; cached float32 {c:.1f} "
+              f"({c / a:.2f}x); cached uint8 as delivered to a GPU {u:.1f} ({u / a:.2f}x); cached uint8 normalised "
+              f"in the main process, as CPU training does {un:.1f} ({un / a:.2f}x)")
 
         print(f"\nTraining iterations, BN-Inception, batch {batch}, 224x224, {iters} iterations on {device}:")
         fp32 = train_speed(device, batch, iters, amp=False)
@@ -185,6 +223,12 @@ def main() -> None:
         if cuda:
             amp = train_speed(device, batch, iters, amp=True)
             print(f"  AMP ({run.amp_settings(True, device)[0]}): {amp:8.1f} images/s   {amp / fp32:.2f}x fp32")
+        eval_rate = eval_speed(device, batch, iters)
+        train_s, eval_s = SOP_TRAIN_PER_EPOCH / fp32, SOP_TEST / eval_rate
+        print(f"  evaluation (extract, eval mode): {eval_rate:8.1f} images/s")
+        print(f"  SOP-sized epoch, estimated from these measured rates (network only, data loading excluded): "
+              f"train {SOP_TRAIN_PER_EPOCH} images {train_s:.0f} s, evaluate {SOP_TEST} images {eval_s:.0f} s; "
+              f"evaluation is {eval_s / (train_s + eval_s):.0%} of the epoch")
         e2e = epoch_speed(device, samples, tmp / "cache", batch, iters, args.workers, amp=cuda)
         print(f"  end to end through the cached loader ({args.workers} workers{', AMP' if cuda else ''}): "
               f"{e2e:8.1f} images/s")

@@ -1,4 +1,6 @@
 """The authors' image transforms: LANCZOS resize to 256, random or center crop to 224."""
+from typing import Callable
+
 import numpy as np
 import torch
 from PIL import Image
@@ -19,6 +21,19 @@ def resize_size(image_size: int) -> int:
     return image_size * 256 // 224
 
 
+class ToUint8Tensor:
+    """PIL RGB image -> (3, H, W) uint8 RGB tensor: a quarter of the float32 bytes for loader workers to hand over.
+
+    ``ToNormalizedTensor.finish`` (``device_normalization``) finishes batches of them on the training device.
+    """
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1)))
+
+
+DeviceNormalize = Callable[[torch.Tensor], torch.Tensor]
+
+
 class ToNormalizedTensor:
     """PIL RGB image -> (3, H, W) float32 tensor with the backbone's normalisation.
 
@@ -29,18 +44,27 @@ class ToNormalizedTensor:
 
     def __init__(self, bgr255: bool, mean: tuple, std: tuple):
         self.bgr255 = bgr255
+        self.byte_max = torch.tensor(255.0)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = None if all(v == 1.0 for v in std) else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        chw = np.asarray(image).transpose(2, 0, 1)
+        return self.finish(ToUint8Tensor()(image))
+
+    def finish(self, images: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) uint8 RGB tensor on any device -> float32 tensor of that shape there, normalised.
+
+        The constants are tensors on the images' device, never CPU scalars,
+        which CUDA would turn into a multiplication by the rounded reciprocal.
+        """
+        device = images.device
         if self.bgr255:
-            chw = chw[::-1]  # reordering channels before the float steps changes no value
-        x = torch.from_numpy(np.ascontiguousarray(chw)).float().div_(255)
+            images = images.flip(-3)  # reordering channels before the float steps changes no value
+        x = images.float().div_(self.byte_max.to(device))
         if self.bgr255:
-            x = x.mul_(255)
-        x = x.sub_(self.mean)
-        return x.div_(self.std) if self.std is not None else x
+            x = x.mul_(self.byte_max.to(device))
+        x = x.sub_(self.mean.to(device))
+        return x.div_(self.std.to(device)) if self.std is not None else x
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bgr255={self.bgr255}, mean={self.mean.flatten().tolist()})"
@@ -70,8 +94,19 @@ def model_input(backbone: str, image_size: int | None) -> tuple[int, ToNormalize
     return image_size or DEFAULT_IMAGE_SIZE, normalization(backbone)
 
 
-def build_transforms(backbone: str, image_size: int | None = None) -> tuple[T.Compose, T.Compose]:
+def device_normalization(backbone: str) -> DeviceNormalize:
+    """The backbone's normalisation of (N, 3, H, W) uint8 batches (``build_transforms(uint8=True)``) on their
+    device: float32 values bit-identical to the authors' ToTensor + Normalize of each image."""
+    return model_input(backbone, None)[1].finish
+
+
+def build_transforms(backbone: str, image_size: int | None = None,
+                     uint8: bool = False) -> tuple[T.Compose, T.Compose]:
     """(train, test) transforms of PIL RGB images to (3, S, S) float tensors, S = ``image_size`` or the model's.
+
+    With ``uint8`` they end in (3, S, S) uint8 RGB tensors instead, and
+    ``device_normalization(backbone)`` turns batches of them into the very
+    same float values on the training device.
 
     The authors' shape for every backbone: square resize to S*256/224, random
     resized crop (scale 0.16-1, ratio 0.75-1.33) and flip, or center crop. The
@@ -79,6 +114,7 @@ def build_transforms(backbone: str, image_size: int | None = None) -> tuple[T.Co
     resized images can replace it and run ``transform.transforms[1:]`` alone.
     """
     image_size, normalize = model_input(backbone, image_size)
+    normalize = ToUint8Tensor() if uint8 else normalize
     side = resize_size(image_size)
     train = T.Compose([
         T.Resize((side, side), interpolation=LANCZOS),

@@ -142,3 +142,19 @@ def test_amp_keeps_losses_and_mdr_statistics_in_float32():
 def test_amp_settings_choose_bf16_or_fp16_with_scaler():
     assert run.amp_settings(False, torch.device("cpu")) == (None, None)
     assert run.amp_settings(True, torch.device("cpu")) == (torch.bfloat16, None)
+
+
+def test_uint8_pipeline_gives_the_float_pipelines_weights_and_metrics(tmp_path, monkeypatch):
+    """Cached uint8 crops normalised on the device train and evaluate exactly as the authors' float tensors."""
+    make_cub(tmp_path / "data")
+    small = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
+             "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "bninception",
+             "--embedding-size", "16", "--epochs", "1", "--data", str(tmp_path / "data")]
+    uint8 = run.main(run.parse_args(small + ["--save-dir", str(tmp_path / "uint8"),
+                                             "--cache-dir", str(tmp_path / "cache")]))
+    monkeypatch.setattr(run, "build_transforms", lambda backbone, size, uint8: build_transforms(backbone, size))
+    floats = run.main(run.parse_args(small + ["--save-dir", str(tmp_path / "float")]))
+    a = torch.load(tmp_path / "uint8" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "float" / "last.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert uint8 == floats
