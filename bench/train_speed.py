@@ -14,7 +14,6 @@ the share of an SOP-sized epoch (100 x 256 training images, 60,502 test images)
 that goes to evaluation.
 """
 import argparse
-import io
 import os
 import sys
 import tempfile
