@@ -268,12 +268,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         else:
             loss.backward()
             optimizer.step()
+        base, reg = loss_triplet.item(), loss_mdr.item()  # one device sync each per step
         if on_step is not None:
-            on_step(iteration, loss_triplet.item(), loss_mdr.item(), optimizer.param_groups[0]["lr"])
-        progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, loss_triplet.item(),
-                                                                             loss_mdr.item()))
-        losses.append(loss_triplet.item())
-        regs.append(loss_mdr.item())
+            on_step(iteration, base, reg, optimizer.param_groups[0]["lr"])
+        progress.set_description("[Train][Epoch %d] Loss: %.5f Reg: %.5f" % (epoch, base, reg))
+        losses.append(base)
+        regs.append(reg)
     mean = float(torch.tensor(losses).mean()) if losses else float("nan")
     if stats is not None:
         stats["reg_loss"] = float(torch.tensor(regs).mean()) if regs else float("nan")
