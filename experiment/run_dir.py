@@ -121,10 +121,15 @@ def upgraded_checkpoint(state: dict, folder: Path, key: str) -> dict:
     """
     if "history" in state:
         return state
+    history = [r for r in read_history(folder) if r["epoch"] <= state["epoch"]]
+    return {**state, "history": history, "best_epoch": -1, "key": key}
+
+
+def read_history(folder: Path) -> list[dict]:
+    """The epoch records of ``folder/metrics.jsonl``, oldest first; [] when there is none."""
     path = folder / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
-    history = [r for r in map(json.loads, filter(str.strip, lines)) if r["epoch"] <= state["epoch"]]
-    return {**state, "history": history, "best_epoch": -1, "key": key}
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def selection_key(ks: list[int]) -> str:

@@ -10,14 +10,13 @@ and Recall@1 over epochs is drawn per method: the mean over seeds and a band
 of one standard deviation, one panel per dataset.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from errors import UserError
-from experiment.run_dir import selection_key
+from experiment.run_dir import read_history, selection_key
 from metric.distance import off_diagonal, pdist
 from model.checkpoint import save_atomic
 from tools.report import find_runs, group_runs
@@ -53,7 +52,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{path} not found; plot a --save-dir of a run that finished at least one epoch")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_history(run_dir)
 
 
 def _pyplot():

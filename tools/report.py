@@ -23,7 +23,7 @@ from pathlib import Path
 from errors import UserError
 from experiment.config import CONFIG_NAME, METHOD_NAMES, method, read_config
 from experiment.resume import CHANGEABLE
-from experiment.run_dir import selection_key
+from experiment.run_dir import read_history, selection_key
 from experiment.validation import VAL_PREFIX
 
 # Flags that vary between the seeds of one configuration, or only say where files are.
@@ -81,9 +81,7 @@ class Group:
 
 
 def read_run(path: Path) -> Run:
-    metrics = path / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return Run(path, read_config(path), [json.loads(line) for line in lines if line.strip()])
+    return Run(path, read_config(path), read_history(path))
 
 
 def find_runs(paths: list[str]) -> list[Run]:

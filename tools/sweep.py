@@ -9,7 +9,6 @@ cluster scheduler or GNU parallel. Flags after ``--`` are appended to every
 command (they override the authors' values, e.g. ``-- --data /data --workers 16``).
 """
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import run
 from experiment.config import METHOD_NAMES
-from experiment.run_dir import RUN_FILES
+from experiment.run_dir import RUN_FILES, read_history
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = tuple(METHOD_NAMES)
@@ -51,8 +50,8 @@ def finished_epochs(run_dir: Path) -> int:
     """The last epoch ``run_dir`` has every output of (checkpoint, best/last.pth, metrics, result); -1 if none."""
     if not all((run_dir / name).is_file() for name in RUN_FILES):
         return -1
-    lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return json.loads(lines[-1])["epoch"] if lines else -1
+    history = read_history(run_dir)
+    return history[-1]["epoch"] if history else -1
 
 
 def planned_epochs(dataset: str, flags: list[str]) -> int:
