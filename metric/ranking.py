@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import torch
 
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
@@ -30,7 +31,7 @@ _ROWS = 1024  # query rows per tile: fewer starve the matrix product
 _MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
 _MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
 _FREE_MEMORY_SHARE = 4  # on CUDA a tile may use 1/4 of the free device memory
-_SETTLE_CHUNK = 1 << 11  # (query, item) pairs settled in float64 at once
+_SETTLE_CHUNK = {"cpu": 256, "cuda": 1 << 16}  # (query, item) pairs settled in float64 at once (CPU: in cache)
 _UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}  # float32, TF32, bfloat16 products
 _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not exist
 
@@ -91,8 +92,9 @@ def _positive_table(query_labels: torch.Tensor, gallery_labels: torch.Tensor):
 def _exact_sq_dist(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(P,) float64 ``sum((query[rows] - gallery[cols])^2)`` for (P,) index pairs, in cache-sized chunks."""
     out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
-    for lo in range(0, len(rows), _SETTLE_CHUNK):
-        hi = lo + _SETTLE_CHUNK
+    chunk = _SETTLE_CHUNK.get(query.device.type, _SETTLE_CHUNK["cuda"])
+    for lo in range(0, len(rows), chunk):
+        hi = lo + chunk
         diff = query[rows[lo:hi]].double().sub_(gallery[cols[lo:hi]])
         out[lo:hi] = diff.mul_(diff).sum(dim=1)
     return out
@@ -126,7 +128,12 @@ def _rounded(x: torch.Tensor, toward: float) -> torch.Tensor:
 
 
 class Block(NamedTuple):
-    """The exact ranks of the positives of one block of query rows."""
+    """The ranks of the positives of one block of query rows, exact wherever a metric can tell them apart.
+
+    The nearest positive's rank is exact below ``max(rank_limit, R)`` and the
+    j-th one's below R (``iterate_blocks``); a rank at or past that limit is
+    some value at or past it (the query's metrics are the same for all of them).
+    """
 
     rows: slice
     ranks: torch.Tensor  # (b, J) int64 0-based rank of each query's j-th nearest positive; _NONE past its count
@@ -170,7 +177,7 @@ def _count(mask: torch.Tensor) -> torch.Tensor:
 
 def _scan(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: torch.Tensor, th: _Thresholds,
           part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over rows ``part`` of a (b, C) key tile, with (b, C) bool scratch buffers.
+    """One pass over rows ``part`` of a (b, C) key tile on the device, with (b, C) bool scratch buffers.
 
     Returns ((n, J) int64 count of keys surely before each threshold, and the
     window's pairs: (P,) row in the block, (P,) column in the tile, (P,) threshold j).
@@ -188,40 +195,79 @@ def _scan(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: t
     return torch.stack(counts, dim=1), torch.cat(rows), torch.cat(cols), torch.cat(js)
 
 
-def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor, gallery_t: torch.Tensor,
-                 th: _Thresholds, self_offset: int | None, cols: int, threads: int,
-                 pool: ThreadPoolExecutor) -> torch.Tensor:
-    """(b, J) int64 exact 0-based ranks of the thresholds' positives among all gallery items.
+def _scan_host(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: torch.Tensor, th: _Thresholds,
+               part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_scan`` on the CPU in numpy, whose compare, byte-sum and nonzero loops run 2-5x torch's on one thread.
 
+    ``above`` is unused: numpy writes the window mask in place.
+    """
+    key, below, window = key[part].numpy(), below[part].numpy(), window[part].numpy()
+    th_below, th_above = th.below[part].numpy(), th.above[part].numpy()
+    counts = np.empty((len(key), th_below.shape[1]), dtype=np.int64)
+    rows, cols, js = [], [], []
+    for j in range(th_below.shape[1]):
+        np.less(key, th_below[:, j:j + 1], out=below)
+        counts[:, j] = below.view(np.uint8).sum(axis=1, dtype=np.int32)
+        np.less_equal(key, th_above[:, j:j + 1], out=window)
+        flat = np.flatnonzero(np.not_equal(window, below, out=window))  # below implies above
+        rows.append(flat // key.shape[1] + part.start)
+        cols.append(flat % key.shape[1])
+        js.append(np.full(len(flat), j))
+    return tuple(torch.from_numpy(x) for x in (counts, np.concatenate(rows), np.concatenate(cols), np.concatenate(js)))
+
+
+def _tile_keys(query: torch.Tensor, gallery_m2: torch.Tensor, gallery_sq: torch.Tensor, out: torch.Tensor) -> None:
+    """(b, c) float32 keys ``|g|^2 - 2 q.g`` of (b, D) queries into ``out``; ``gallery_m2`` is (c, D) ``-2 g``
+    (scaling by -2 is exact, so the product equals ``-2 fl(q.g)`` bit for bit).
+
+    On the CPU the product runs in numpy's BLAS (OpenBLAS in numpy's wheels):
+    on this project's AMD machine 1.6x the speed of torch's MKL (``bench/eval_speed.py``).
+    """
+    if out.device.type != "cpu":
+        torch.addmm(gallery_sq, query, gallery_m2.t(), out=out)
+        return
+    np.add(np.matmul(query.numpy(), gallery_m2.numpy().T, out=out.numpy()), gallery_sq.numpy(), out=out.numpy())
+
+
+def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_m2: torch.Tensor, gallery_sq: torch.Tensor,
+                 th: _Thresholds, limit: torch.Tensor, self_offset: int | None, cols: int, threads: int,
+                 pool: ThreadPoolExecutor) -> torch.Tensor:
+    """(b, J) int64 0-based ranks of the thresholds' positives among all gallery items, exact below (b, J) ``limit``.
+
+    A rank that the surely-closer items alone take to ``limit`` is past it
+    whatever the window's items are, so only the other windows are settled.
     ``self_offset`` is the gallery index of query row 0 when queries are the
     gallery (a query never ranks itself), else None. The product of each
-    (b, cols) tile runs on ``threads`` CPU threads; the passes over it are split
-    by rows over the ``pool``'s threads, each op on one thread (no barrier).
+    (b, cols) tile uses every thread; the passes over it are split by rows
+    over the ``pool``'s threads, each op on one thread (no barrier).
     """
     b, width = th.dist.shape
     device = query.device
     closer = torch.zeros(b, width, dtype=torch.int64, device=device)
     pair_rows, pair_cols, pair_j = [], [], []
     local = torch.arange(b, device=device)
-    key_buf = torch.empty(b, cols, device=device)
-    below_buf, window_buf, above_buf = (torch.empty(b, cols, dtype=torch.bool, device=device) for _ in range(3))
+    key_buf = torch.empty(b * cols, device=device)
+    below_buf, window_buf, above_buf = (torch.empty(b * cols, dtype=torch.bool, device=device) for _ in range(3))
     step = -(-b // (threads if device.type == "cpu" else 1))
     parts = [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
-    for c0 in range(0, gallery_t.shape[1], cols):
-        c1 = min(c0 + cols, gallery_t.shape[1])
-        key, below, window, above = (buf[:, :c1 - c0] for buf in (key_buf, below_buf, window_buf, above_buf))
-        with _cpu_threads(device, threads):
-            torch.addmm(gallery_sq[c0:c1], query, gallery_t[:, c0:c1], alpha=-2.0, out=key)
+    scan = _scan_host if device.type == "cpu" else _scan
+    for c0 in range(0, len(gallery), cols):
+        c1 = min(c0 + cols, len(gallery))
+        key, below, window, above = (buf[:b * (c1 - c0)].view(b, c1 - c0)
+                                     for buf in (key_buf, below_buf, window_buf, above_buf))
+        _tile_keys(query, gallery_m2[c0:c1], gallery_sq[c0:c1], key)
         if self_offset is not None:
             own = local + self_offset - c0
             inside = (own >= 0) & (own < c1 - c0)
             key[local[inside], own[inside]] = float("inf")
-        for part, (counts, r, c, j) in zip(parts, pool.map(lambda p: _scan(key, below, window, above, th, p), parts)):
-            closer[part] += counts
-            pair_rows.append(r)
-            pair_cols.append(c + c0)
-            pair_j.append(j)
+        for part, (counts, r, c, j) in zip(parts, pool.map(lambda p: scan(key, below, window, above, th, p), parts)):
+            closer[part] += counts.to(device)
+            pair_rows.append(r.to(device))
+            pair_cols.append(c.to(device) + c0)
+            pair_j.append(j.to(device))
     rows, cols_, js = torch.cat(pair_rows), torch.cat(pair_cols), torch.cat(pair_j)
+    open_ = closer[rows, js] < limit[rows, js]
+    rows, cols_, js = rows[open_], cols_[open_], js[open_]
     exact = _exact_sq_dist(query, gallery, rows, cols_)
     t_dist, t_index = th.dist[rows, js], th.index[rows, js]
     precedes = (exact < t_dist) | ((exact == t_dist) & (cols_ < t_index))
@@ -230,31 +276,34 @@ def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.T
 
 
 def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
-                   gallery_labels: torch.Tensor, exclude_self: bool, all_positives: bool,
+                   gallery_labels: torch.Tensor, exclude_self: bool, all_positives: bool, rank_limit: int = 0,
                    memory_budget: int | None = None) -> Iterator[Block]:
-    """Yield the exact positive ranks of (Q, D) queries against (M, D) gallery items, block by block.
+    """Yield the positive ranks of (Q, D) queries against (M, D) gallery items, block by block.
 
     With ``exclude_self`` the query set is the gallery: query i never retrieves
     item i and is not its own positive. Only the nearest positive is ranked
     (enough for Recall@K) unless ``all_positives`` (MAP@R, R-Precision).
+    A query's nearest positive is ranked exactly below ``max(rank_limit, R)``
+    (Recall@K needs K up to ``rank_limit``), its j-th below R, its number of
+    positives (MAP@R); a rank past its limit is reported as some rank past it.
     ``memory_budget`` defaults to ``memory_budget_for`` the embeddings' device.
     """
-    query, gallery = query.float(), gallery.float()
+    query, gallery = query.detach().float().contiguous(), gallery.detach().float().contiguous()
     if memory_budget is None:
         memory_budget = memory_budget_for(gallery.device)
     gallery_sq = gallery.pow(2).sum(dim=1)
     g_norm = gallery.double().norm(dim=1).max() if len(gallery) else torch.zeros((), dtype=torch.float64)
-    gallery_t = gallery.t().contiguous()
+    gallery_m2 = gallery * -2.0
     order, starts, counts = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
     rows_per_block, cols = tile_shape(len(query), len(gallery), memory_budget)
     threads = torch.get_num_threads()
     with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        yield from _ranked_blocks(query, gallery, gallery_sq, gallery_t, g_norm, (order, starts, counts),
-                                  exclude_self, all_positives, (rows_per_block, cols), threads, pool)
+        yield from _ranked_blocks(query, gallery, gallery_m2, gallery_sq, g_norm, (order, starts, counts),
+                                  exclude_self, all_positives, rank_limit, (rows_per_block, cols), threads, pool)
 
 
-def _ranked_blocks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch.Tensor, gallery_t: torch.Tensor,
-                   g_norm: torch.Tensor, positives: tuple, exclude_self: bool, all_positives: bool,
+def _ranked_blocks(query: torch.Tensor, gallery: torch.Tensor, gallery_m2: torch.Tensor, gallery_sq: torch.Tensor,
+                   g_norm: torch.Tensor, positives: tuple, exclude_self: bool, all_positives: bool, rank_limit: int,
                    tile: tuple[int, int], threads: int, pool: ThreadPoolExecutor) -> Iterator[Block]:
     """The loop of ``iterate_blocks`` over blocks of ``tile[0]`` query rows; ``positives`` is ``_positive_table``'s."""
     order, starts, counts = positives
@@ -271,6 +320,8 @@ def _ranked_blocks(query: torch.Tensor, gallery: torch.Tensor, gallery_sq: torch
                 pos_count = pos_count - 1
             width = max(1, int(pos_count.max())) if all_positives else 1
             th = _thresholds(query[lo:hi], gallery, g_norm, pos_idx, width)
-            ranks = _block_ranks(query[lo:hi], gallery, gallery_sq, gallery_t, th, lo if exclude_self else None, cols,
-                                 threads, pool)
+            limit = pos_count[:, None].expand(-1, width).clone()
+            limit[:, 0].clamp_(min=rank_limit)
+            ranks = _block_ranks(query[lo:hi], gallery, gallery_m2, gallery_sq, th, limit,
+                                 lo if exclude_self else None, cols, threads, pool)
         yield Block(slice(lo, hi), ranks, pos_count)

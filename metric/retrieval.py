@@ -54,7 +54,8 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     ap_sum = rp_sum = 0.0
     queries = 0
     blocks = iterate_blocks(query, query_labels.to(query.device), gallery, gallery_labels.to(gallery.device),
-                            exclude_self=self_mode, all_positives="map_r" in metrics, memory_budget=memory_budget)
+                            exclude_self=self_mode, all_positives="map_r" in metrics,
+                            rank_limit=max(ks, default=0), memory_budget=memory_budget)
     for block in blocks:
         hits += _recall_hits(block, ks_t)
         if "map_r" in metrics:
