@@ -7,26 +7,33 @@ sort by distance would place it.
 
 Nothing is sorted. A positive's rank is the number of items that precede it,
 so each query needs only its positives' exact distances (few) and one count
-per positive over its row. The count runs on the fast float32 key
-``|g|^2 - 2 q.g`` from a matrix product (the squared distance minus the row's
-constant ``|q|^2``). Its rounding error has a rigorous bound B (per query row);
-an item whose key is more than B below a positive's key surely precedes it,
-more than B above surely does not, and the few items within B are settled with
-the exact difference form in float64.
+per positive over its row. The count runs on float32 distances
+``|q|^2 + |g|^2 - 2 q.g`` from one matrix product, whose rounding error has a
+rigorous bound B (per query row): an item more than B below a positive surely
+precedes it, more than B above surely does not, and the few items within B
+are settled with the exact difference form in float64 (``metric.tile_scan``).
+A metric only needs a rank while it is small (Recall@K below the largest K,
+MAP@R below R), so a window is settled only while the rank can still count,
+and with a separate gallery a query leaves the product once its ranks are
+past that limit.
+
+In self-retrieval the distance matrix is symmetric: each off-diagonal tile is
+computed once and counted for its rows' queries and its columns' queries, so
+the product is half of the whole matrix's.
 
 The product runs in tiles of (rows, cols) whose size follows a memory budget:
-on the CPU about the cache, so the counting passes after the product read the
-tile from cache; on CUDA a share of the free device memory.
+on the CPU about the cache; on CUDA a share of the free device memory.
 """
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
 
-import numpy as np
 import torch
 
+from metric.tile_scan import Found, Thresholds, augment, products, scan, squared_norms
+
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
-_BYTES_PER_ENTRY = 6  # one float32 key plus two byte-sized comparison temporaries
+_BYTES_PER_ENTRY = 6  # one float32 distance plus two byte-sized comparison masks
 _ROWS = 1024  # query rows per tile: fewer starve the matrix product
 _MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
 _MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
@@ -42,8 +49,8 @@ def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
 
     The passes over an in-cache tile are a few milliseconds each; split over
     OpenMP threads, the barrier between them costs 5-50x that on a loaded
-    machine. So only the matrix product uses every thread; the passes run on
-    independent one-thread workers (``_block_ranks``), the rest on one thread.
+    machine. So the passes run on independent one-thread workers, the rest of
+    the bookkeeping on one thread.
     """
     saved = torch.get_num_threads()
     if device.type == "cpu":
@@ -65,7 +72,7 @@ def memory_budget_for(device: torch.device, free_bytes: int | None = None) -> in
 
 
 def tile_shape(num_query: int, num_gallery: int, memory_budget: int) -> tuple[int, int]:
-    """(rows, cols) of a tile of the (num_query, num_gallery) key matrix that fits ``memory_budget`` bytes.
+    """(rows, cols) of a tile of the (num_query, num_gallery) distance matrix that fits ``memory_budget`` bytes.
 
     When whole gallery rows fit at least 1,024 at a time (device memory), a tile
     is up to 8,192 whole rows; otherwise 1,024 rows (fewer under a tiny budget)
@@ -89,35 +96,38 @@ def _positive_table(query_labels: torch.Tensor, gallery_labels: torch.Tensor):
     return order, torch.where(found, starts[slot], 0), torch.where(found, counts[slot], 0)
 
 
-def _exact_sq_dist(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """(P,) float64 ``sum((query[rows] - gallery[cols])^2)`` for (P,) index pairs, in cache-sized chunks."""
+def _exact_sq_dist(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                   pool: ThreadPoolExecutor) -> torch.Tensor:
+    """(P,) float64 ``sum((query[rows] - gallery[cols])^2)`` for (P,) index pairs, in cache-sized chunks
+    spread over the ``pool``'s threads."""
     out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
     chunk = _SETTLE_CHUNK.get(query.device.type, _SETTLE_CHUNK["cuda"])
-    for lo in range(0, len(rows), chunk):
-        hi = lo + chunk
-        diff = query[rows[lo:hi]].double().sub_(gallery[cols[lo:hi]])
-        out[lo:hi] = diff.mul_(diff).sum(dim=1)
+
+    def fill(lo: int) -> None:
+        diff = query[rows[lo:lo + chunk]].double().sub_(gallery[cols[lo:lo + chunk]])
+        out[lo:lo + chunk] = diff.mul_(diff).sum(dim=1)
+
+    list(pool.map(fill, range(0, len(rows), chunk)))
     return out
 
 
-def _key_error_bound(query: torch.Tensor, g_norm: torch.Tensor) -> torch.Tensor:
-    """(Q,) float64 bound on |float32 key - exact key| of every item in each query's row.
+def _dist_error_bound(q_norm: torch.Tensor, g_norm: torch.Tensor, dim: int) -> torch.Tensor:
+    """(Q,) float64 bound on |float32 distance - exact distance| of every item in each query's row.
 
-    ``g_norm`` is the float64 scalar largest gallery norm.
+    ``q_norm`` is (Q,) float64 |q|, ``g_norm`` the float64 scalar largest gallery norm, ``dim`` D.
 
-    The key is fl(fl(|g|^2) - 2 fl(q.g)). With u the product's unit roundoff and
-    gamma = D u / (1 - D u), |fl(q.g) - q.g| <= gamma |q||g| and
-    |fl(|g|^2) - |g|^2| <= gamma |g|^2 in any summation order, and the final
-    subtraction adds u (|g|^2 + 2|q||g|). A 1% margin and a float64 term cover the
-    exact reference's own rounding.
+    The float32 distance is the dot product of the D + 2 terms of
+    ``tile_scan.augment``: -2 q_k g_k, fl(|g|^2) and fl(|q|^2). With u the
+    product's unit roundoff and gamma = (D + 2) u / (1 - (D + 2) u), in any
+    summation order its error is at most gamma times the sum of the terms'
+    magnitudes, at most (|q| + |g|)^2, and the two rounded norms add u (|q|^2 + |g|^2).
+    A 1% margin covers the higher orders, and a float64 term the norms' float64
+    sums and the exact reference's own rounding.
     """
-    dim = query.shape[1]
     u = _UNIT_ROUNDOFF[torch.get_float32_matmul_precision()]
-    gamma = dim * u / (1 - dim * u)
-    q_norm = query.double().norm(dim=1)
-    scale = g_norm.pow(2) + 2 * q_norm * g_norm
-    float64_term = 4 * (dim + 2) * 2.0**-53 * (q_norm + g_norm).pow(2)
-    return 1.01 * (gamma + 2 * u) * scale + float64_term
+    gamma = (dim + 2) * u / (1 - (dim + 2) * u)
+    scale = (q_norm + g_norm).pow(2)
+    return 1.01 * (gamma + u) * scale + 8 * (dim + 2) * 2.0**-53 * scale
 
 
 def _rounded(x: torch.Tensor, toward: float) -> torch.Tensor:
@@ -140,139 +150,185 @@ class Block(NamedTuple):
     pos_count: torch.Tensor  # (b,) int64 number of positives of each query (R)
 
 
-class _Thresholds(NamedTuple):
-    """Per (query, j): the j-th nearest positive and the key window within which items are settled exactly."""
-
-    dist: torch.Tensor  # (b, J) float64 exact squared distance of the positive; +inf when absent
-    index: torch.Tensor  # (b, J) int64 gallery index of the positive
-    below: torch.Tensor  # (b, J) float32: a key below it surely precedes the positive
-    above: torch.Tensor  # (b, J) float32: a key above it surely does not
-
-
-def _thresholds(query: torch.Tensor, gallery: torch.Tensor, g_norm: torch.Tensor, pos_idx: torch.Tensor,
-                width: int) -> _Thresholds:
+def _thresholds(query: torch.Tensor, gallery: torch.Tensor, norms: tuple[torch.Tensor, torch.Tensor],
+                pos_idx: torch.Tensor, width: int, pool: ThreadPoolExecutor) -> Thresholds:
     """The first ``width`` positives of (b, D) queries by (exact distance, index), from (b, P) indices padded with -1.
 
-    ``g_norm`` is the float64 scalar largest gallery norm (for the key's error bound).
+    ``norms`` are the queries' (b,) float64 norms and the float64 scalar largest
+    gallery norm (for the distances' error bound).
     """
     b = len(query)
     valid = pos_idx >= 0
     rows = torch.arange(b, device=query.device)[:, None].expand_as(pos_idx)
     dist = torch.full(pos_idx.shape, float("inf"), dtype=torch.float64, device=query.device)
-    dist[valid] = _exact_sq_dist(query, gallery, rows[valid], pos_idx[valid])
+    dist[valid] = _exact_sq_dist(query, gallery, rows[valid], pos_idx[valid], pool)
     dist, order = torch.sort(dist, dim=1, stable=True)  # pos_idx ascends, so ties keep the smaller index first
-    dist, index = dist[:, :width], pos_idx.gather(1, order)[:, :width]
-    key = dist - query.double().pow(2).sum(dim=1, keepdim=True)
-    bound = _key_error_bound(query, g_norm)[:, None]
-    present = torch.isfinite(key)
-    below = torch.where(present, _rounded(key - bound, float("-inf")), float("-inf"))
-    above = torch.where(present, _rounded(key + bound, float("inf")), float("-inf"))
-    return _Thresholds(dist, index, below, above)
+    pad = max(0, width - dist.shape[1])
+    dist = torch.nn.functional.pad(dist, (0, pad), value=float("inf"))[:, :width]
+    index = torch.nn.functional.pad(pos_idx.gather(1, order), (0, pad), value=-1)[:, :width]
+    bound = _dist_error_bound(*norms, query.shape[1])[:, None]
+    present = torch.isfinite(dist)
+    below = torch.where(present, _rounded(dist - bound, float("-inf")), float("-inf"))
+    above = torch.where(present, _rounded(dist + bound, float("inf")), float("-inf"))
+    return Thresholds(dist, index, below, above)
 
 
-def _count(mask: torch.Tensor) -> torch.Tensor:
-    """(b, C) bool -> (b,) int64 number of True per row (summing bytes in int32 is several times faster)."""
-    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+def _subset(th: Thresholds, rows) -> Thresholds:
+    """The thresholds of some query rows (a slice or an index tensor)."""
+    return Thresholds(*(x[rows] for x in th))
 
 
-def _scan(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: torch.Tensor, th: _Thresholds,
-          part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over rows ``part`` of a (b, C) key tile on the device, with (b, C) bool scratch buffers.
+def _settle(query: torch.Tensor, gallery: torch.Tensor, th: Thresholds, closer: torch.Tensor, limit: torch.Tensor,
+            pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], pool: ThreadPoolExecutor) -> torch.Tensor:
+    """(b, J) int64 ranks: ``closer`` plus the window pairs (row, gallery index, j) that exactly precede the positive.
 
-    Returns ((n, J) int64 count of keys surely before each threshold, and the
-    window's pairs: (P,) row in the block, (P,) column in the tile, (P,) threshold j).
+    A pair is only settled while its rank is below ``limit``; past it the rank
+    stays at the surely-closer count. Absent positives get ``_NONE``.
     """
-    key, below, window, above = key[part], below[part], window[part], above[part]
-    counts, rows, cols, js = [], [], [], []
-    for j in range(th.dist.shape[1]):
-        torch.lt(key, th.below[part, j:j + 1], out=below)
-        counts.append(_count(below))
-        torch.le(key, th.above[part, j:j + 1], out=above)
-        r, c = torch.logical_xor(above, below, out=window).nonzero(as_tuple=True)  # below implies above
-        rows.append(r + part.start)
-        cols.append(c)
-        js.append(torch.full_like(r, j))
-    return torch.stack(counts, dim=1), torch.cat(rows), torch.cat(cols), torch.cat(js)
-
-
-def _scan_host(key: torch.Tensor, below: torch.Tensor, window: torch.Tensor, above: torch.Tensor, th: _Thresholds,
-               part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``_scan`` on the CPU in numpy, whose compare, byte-sum and nonzero loops run 2-5x torch's on one thread.
-
-    ``above`` is unused: numpy writes the window mask in place.
-    """
-    key, below, window = key[part].numpy(), below[part].numpy(), window[part].numpy()
-    th_below, th_above = th.below[part].numpy(), th.above[part].numpy()
-    counts = np.empty((len(key), th_below.shape[1]), dtype=np.int64)
-    rows, cols, js = [], [], []
-    for j in range(th_below.shape[1]):
-        np.less(key, th_below[:, j:j + 1], out=below)
-        counts[:, j] = below.view(np.uint8).sum(axis=1, dtype=np.int32)
-        np.less_equal(key, th_above[:, j:j + 1], out=window)
-        flat = np.flatnonzero(np.not_equal(window, below, out=window))  # below implies above
-        rows.append(flat // key.shape[1] + part.start)
-        cols.append(flat % key.shape[1])
-        js.append(np.full(len(flat), j))
-    return tuple(torch.from_numpy(x) for x in (counts, np.concatenate(rows), np.concatenate(cols), np.concatenate(js)))
-
-
-def _tile_keys(query: torch.Tensor, gallery_m2: torch.Tensor, gallery_sq: torch.Tensor, out: torch.Tensor) -> None:
-    """(b, c) float32 keys ``|g|^2 - 2 q.g`` of (b, D) queries into ``out``; ``gallery_m2`` is (c, D) ``-2 g``
-    (scaling by -2 is exact, so the product equals ``-2 fl(q.g)`` bit for bit).
-
-    On the CPU the product runs in numpy's BLAS (OpenBLAS in numpy's wheels):
-    on this project's AMD machine 1.6x the speed of torch's MKL (``bench/eval_speed.py``).
-    """
-    if out.device.type != "cpu":
-        torch.addmm(gallery_sq, query, gallery_m2.t(), out=out)
-        return
-    np.add(np.matmul(query.numpy(), gallery_m2.numpy().T, out=out.numpy()), gallery_sq.numpy(), out=out.numpy())
-
-
-def _block_ranks(query: torch.Tensor, gallery: torch.Tensor, gallery_m2: torch.Tensor, gallery_sq: torch.Tensor,
-                 th: _Thresholds, limit: torch.Tensor, self_offset: int | None, cols: int, threads: int,
-                 pool: ThreadPoolExecutor) -> torch.Tensor:
-    """(b, J) int64 0-based ranks of the thresholds' positives among all gallery items, exact below (b, J) ``limit``.
-
-    A rank that the surely-closer items alone take to ``limit`` is past it
-    whatever the window's items are, so only the other windows are settled.
-    ``self_offset`` is the gallery index of query row 0 when queries are the
-    gallery (a query never ranks itself), else None. The product of each
-    (b, cols) tile uses every thread; the passes over it are split by rows
-    over the ``pool``'s threads, each op on one thread (no barrier).
-    """
-    b, width = th.dist.shape
-    device = query.device
-    closer = torch.zeros(b, width, dtype=torch.int64, device=device)
-    pair_rows, pair_cols, pair_j = [], [], []
-    local = torch.arange(b, device=device)
-    key_buf = torch.empty(b * cols, device=device)
-    below_buf, window_buf, above_buf = (torch.empty(b * cols, dtype=torch.bool, device=device) for _ in range(3))
-    step = -(-b // (threads if device.type == "cpu" else 1))
-    parts = [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
-    scan = _scan_host if device.type == "cpu" else _scan
-    for c0 in range(0, len(gallery), cols):
-        c1 = min(c0 + cols, len(gallery))
-        key, below, window, above = (buf[:b * (c1 - c0)].view(b, c1 - c0)
-                                     for buf in (key_buf, below_buf, window_buf, above_buf))
-        _tile_keys(query, gallery_m2[c0:c1], gallery_sq[c0:c1], key)
-        if self_offset is not None:
-            own = local + self_offset - c0
-            inside = (own >= 0) & (own < c1 - c0)
-            key[local[inside], own[inside]] = float("inf")
-        for part, (counts, r, c, j) in zip(parts, pool.map(lambda p: scan(key, below, window, above, th, p), parts)):
-            closer[part] += counts.to(device)
-            pair_rows.append(r.to(device))
-            pair_cols.append(c.to(device) + c0)
-            pair_j.append(j.to(device))
-    rows, cols_, js = torch.cat(pair_rows), torch.cat(pair_cols), torch.cat(pair_j)
+    rows, cols, js = pairs
     open_ = closer[rows, js] < limit[rows, js]
-    rows, cols_, js = rows[open_], cols_[open_], js[open_]
-    exact = _exact_sq_dist(query, gallery, rows, cols_)
+    rows, cols, js = rows[open_], cols[open_], js[open_]
+    exact = _exact_sq_dist(query, gallery, rows, cols, pool)
     t_dist, t_index = th.dist[rows, js], th.index[rows, js]
-    precedes = (exact < t_dist) | ((exact == t_dist) & (cols_ < t_index))
-    closer.view(-1).index_add_(0, (rows * width + js)[precedes], torch.ones_like(rows)[precedes])
+    precedes = (exact < t_dist) | ((exact == t_dist) & (cols < t_index))
+    closer = closer.clone()
+    closer.view(-1).index_add_(0, (rows * closer.shape[1] + js)[precedes], torch.ones_like(rows)[precedes])
     return torch.where(torch.isfinite(th.dist), closer, _NONE)
+
+
+class _Problem(NamedTuple):
+    """Everything the tile loops share: the embeddings, their norms, the positives and the tiling."""
+
+    query: torch.Tensor  # (Q, D) float32
+    gallery: torch.Tensor  # (M, D) float32; the same tensor as ``query`` in self-retrieval
+    query_aug: torch.Tensor  # (Q, D + 2) float32 ``tile_scan.augment``-ed queries
+    gallery_aug: torch.Tensor  # (M, D + 2) float32 augmented gallery items
+    q_norm: torch.Tensor  # (Q,) float64 |q|
+    g_norm: torch.Tensor  # () float64 largest |g|
+    positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # _positive_table's (order, start, count)
+    width: int  # positives ranked per query (J)
+    rank_limit: int
+    tile: tuple[int, int]  # (rows, cols)
+    threads: int
+    pool: ThreadPoolExecutor
+
+
+def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """((b, P) gallery indices of the positives of queries lo..hi padded with -1, (b,) their number R)."""
+    order, starts, counts = p.positives
+    pos_count = counts[lo:hi]
+    offsets = torch.arange(max(1, int(counts.max()) if len(counts) else 1), device=p.gallery.device)
+    valid = offsets < pos_count[:, None]
+    pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=max(0, len(order) - 1))], -1)
+    if exclude_self:
+        pos_idx = torch.where(pos_idx == torch.arange(lo, hi, device=p.gallery.device)[:, None], -1, pos_idx)
+        pos_count = pos_count - 1
+    return pos_idx, pos_count
+
+
+def _limit(pos_count: torch.Tensor, width: int, rank_limit: int) -> torch.Tensor:
+    """(b, J) int64: the j-th positive's rank matters below R, the nearest one's also below ``rank_limit``."""
+    limit = pos_count[:, None].expand(-1, width).clone()
+    limit[:, 0].clamp_(min=rank_limit)
+    return limit
+
+
+def _scan_tile(p: _Problem, tile: torch.Tensor, row_th: Thresholds, col_th: Thresholds | None,
+               masks: torch.Tensor) -> Found:
+    """``tile_scan.scan`` of a whole tile, its rows split over the pool's threads on the CPU (one part on CUDA)."""
+    b = len(tile)
+    step = -(-b // (p.threads if tile.device.type == "cpu" else 1))
+    parts = [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
+    found = list(p.pool.map(lambda part: scan(tile, row_th, col_th, masks, part), parts))
+    pairs = tuple(torch.cat([f.pairs[i] for f in found]) for i in range(3))
+    counts = torch.cat([f.counts for f in found])
+    if col_th is None:
+        return Found(counts, pairs, None, None)
+    col_pairs = tuple(torch.cat([f.col_pairs[i] for f in found]) for i in range(3))
+    return Found(counts, pairs, torch.stack([f.col_counts for f in found]).sum(0), col_pairs)
+
+
+def _buffers(p: _Problem, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat float32 tile buffer and (2, entries) bool masks for tiles of at most ``p.tile`` entries."""
+    entries = p.tile[0] * p.tile[1]
+    return torch.empty(entries, device=device), torch.empty(2, entries, dtype=torch.bool, device=device)
+
+
+def _gallery_blocks(p: _Problem) -> Iterator[Block]:
+    """Blocks of queries against a separate gallery; a query leaves the product once its ranks are past their limits."""
+    device = p.gallery.device
+    buf, masks = _buffers(p, device)
+    rows_per_block, cols = p.tile
+    for lo in range(0, len(p.query), rows_per_block):
+        hi = min(lo + rows_per_block, len(p.query))
+        pos_idx, pos_count = _block_positives(p, lo, hi, exclude_self=False)
+        th = _thresholds(p.query[lo:hi], p.gallery, (p.q_norm[lo:hi], p.g_norm), pos_idx, p.width, p.pool)
+        limit = _limit(pos_count, p.width, p.rank_limit)
+        closer = torch.zeros(hi - lo, p.width, dtype=torch.int64, device=device)
+        pairs = []
+        for c0 in range(0, len(p.gallery), cols):
+            c1 = min(c0 + cols, len(p.gallery))
+            active = ((closer < limit) & torch.isfinite(th.dist)).any(dim=1).nonzero().squeeze(1)
+            if not len(active):
+                break
+            everyone = len(active) == hi - lo
+            query = p.query_aug[lo:hi] if everyone else p.query_aug[lo:hi][active]
+            tile = buf[:len(active) * (c1 - c0)].view(len(active), c1 - c0)
+            products(query, p.gallery_aug[c0:c1], tile)
+            found = _scan_tile(p, tile, _subset(th, active), None, masks)
+            closer[active] += found.counts
+            pairs.append((active[found.pairs[0]], found.pairs[1] + c0, found.pairs[2]))
+        joined = tuple(torch.cat([x[i] for x in pairs]) if pairs else torch.zeros(0, dtype=torch.int64)
+                       for i in range(3))
+        ranks = _settle(p.query[lo:hi], p.gallery, th, closer, limit, joined, p.pool)
+        yield Block(slice(lo, hi), ranks, pos_count)
+
+
+def _self_blocks(p: _Problem) -> Iterator[Block]:
+    """Blocks of self-retrieval: each off-diagonal tile counts for its rows' and its columns' queries.
+
+    Block I's ranks are complete once its own tiles (its diagonal square and the
+    columns after it) are scanned, since the columns before it were counted
+    with the earlier blocks' tiles.
+    """
+    device = p.gallery.device
+    buf, masks = _buffers(p, device)
+    rows_per_block, cols = p.tile
+    n = len(p.query)
+    starts = range(0, n, rows_per_block)
+    positives = [_block_positives(p, lo, min(lo + rows_per_block, n), exclude_self=True) for lo in starts]
+    th = Thresholds(*(torch.cat(parts) for parts in zip(*(
+        _thresholds(p.query[lo:lo + len(idx)], p.gallery, (p.q_norm[lo:lo + len(idx)], p.g_norm), idx, p.width,
+                    p.pool)
+        for lo, (idx, _) in zip(starts, positives)))))
+    closer = torch.zeros(n, p.width, dtype=torch.int64, device=device)
+    pending = [[] for _ in starts]  # per block: window pairs (query, item, j) found with earlier blocks' tiles
+    for block, lo in enumerate(starts):
+        hi = min(lo + rows_per_block, n)
+        own = []
+        for c0, c1 in [(lo, hi)] + [(c, min(c + cols, n)) for c in range(hi, n, cols)]:
+            tile = buf[:(hi - lo) * (c1 - c0)].view(hi - lo, c1 - c0)
+            products(p.query_aug[lo:hi], p.gallery_aug[c0:c1], tile)
+            diagonal = c0 == lo
+            if diagonal:
+                tile.fill_diagonal_(float("inf"))
+            found = _scan_tile(p, tile, _subset(th, slice(lo, hi)), None if diagonal else _subset(th, slice(c0, c1)),
+                               masks)
+            closer[lo:hi] += found.counts
+            own.append((found.pairs[0] + lo, found.pairs[1] + c0, found.pairs[2]))
+            if not diagonal:
+                closer[c0:c1] += found.col_counts
+                q, item, j = found.col_pairs[0] + c0, found.col_pairs[1] + lo, found.col_pairs[2]
+                for later in torch.unique(q // rows_per_block).tolist():
+                    mine = q // rows_per_block == later
+                    pending[later].append((q[mine], item[mine], j[mine]))
+        pieces = own + pending[block]
+        pending[block] = []
+        joined = tuple(torch.cat([x[i] for x in pieces]) - (lo if i == 0 else 0) for i in range(3))
+        pos_count = positives[block][1]
+        ranks = _settle(p.query[lo:hi], p.gallery, _subset(th, slice(lo, hi)), closer[lo:hi],
+                        _limit(pos_count, p.width, p.rank_limit), joined, p.pool)
+        yield Block(slice(lo, hi), ranks, pos_count)
 
 
 def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
@@ -280,48 +336,34 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
                    memory_budget: int | None = None) -> Iterator[Block]:
     """Yield the positive ranks of (Q, D) queries against (M, D) gallery items, block by block.
 
-    With ``exclude_self`` the query set is the gallery: query i never retrieves
-    item i and is not its own positive. Only the nearest positive is ranked
-    (enough for Recall@K) unless ``all_positives`` (MAP@R, R-Precision).
-    A query's nearest positive is ranked exactly below ``max(rank_limit, R)``
-    (Recall@K needs K up to ``rank_limit``), its j-th below R, its number of
-    positives (MAP@R); a rank past its limit is reported as some rank past it.
-    ``memory_budget`` defaults to ``memory_budget_for`` the embeddings' device.
+    With ``exclude_self`` the query set is the gallery (the same embeddings):
+    query i never retrieves item i and is not its own positive. Only the
+    nearest positive is ranked (enough for Recall@K) unless ``all_positives``
+    (MAP@R, R-Precision). A query's nearest positive is ranked exactly below
+    ``max(rank_limit, R)`` (Recall@K needs K up to ``rank_limit``), its j-th
+    below R, its number of positives (MAP@R); a rank past its limit is
+    reported as some rank past it. ``memory_budget`` defaults to
+    ``memory_budget_for`` the embeddings' device.
     """
-    query, gallery = query.detach().float().contiguous(), gallery.detach().float().contiguous()
+    query = query.detach().float().contiguous()
+    gallery = query if exclude_self else gallery.detach().float().contiguous()
     if memory_budget is None:
         memory_budget = memory_budget_for(gallery.device)
-    gallery_sq = gallery.pow(2).sum(dim=1)
-    g_norm = gallery.double().norm(dim=1).max() if len(gallery) else torch.zeros((), dtype=torch.float64)
-    gallery_m2 = gallery * -2.0
-    order, starts, counts = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
-    rows_per_block, cols = tile_shape(len(query), len(gallery), memory_budget)
+    positives = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
+    most = int(positives[2].max()) - int(exclude_self) if len(query) else 0
     threads = torch.get_num_threads()
+    q_sq = squared_norms(query)
+    g_sq = q_sq if exclude_self else squared_norms(gallery)
     with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        yield from _ranked_blocks(query, gallery, gallery_m2, gallery_sq, g_norm, (order, starts, counts),
-                                  exclude_self, all_positives, rank_limit, (rows_per_block, cols), threads, pool)
-
-
-def _ranked_blocks(query: torch.Tensor, gallery: torch.Tensor, gallery_m2: torch.Tensor, gallery_sq: torch.Tensor,
-                   g_norm: torch.Tensor, positives: tuple, exclude_self: bool, all_positives: bool, rank_limit: int,
-                   tile: tuple[int, int], threads: int, pool: ThreadPoolExecutor) -> Iterator[Block]:
-    """The loop of ``iterate_blocks`` over blocks of ``tile[0]`` query rows; ``positives`` is ``_positive_table``'s."""
-    order, starts, counts = positives
-    rows_per_block, cols = tile
-    for lo in range(0, len(query), rows_per_block):
-        with _cpu_threads(gallery.device, 1):
-            hi = min(lo + rows_per_block, len(query))
-            pos_count = counts[lo:hi]
-            offsets = torch.arange(max(1, int(pos_count.max())), device=gallery.device)
-            valid = offsets < pos_count[:, None]
-            pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=len(order) - 1)], -1)
-            if exclude_self:
-                pos_idx = torch.where(pos_idx == torch.arange(lo, hi, device=gallery.device)[:, None], -1, pos_idx)
-                pos_count = pos_count - 1
-            width = max(1, int(pos_count.max())) if all_positives else 1
-            th = _thresholds(query[lo:hi], gallery, g_norm, pos_idx, width)
-            limit = pos_count[:, None].expand(-1, width).clone()
-            limit[:, 0].clamp_(min=rank_limit)
-            ranks = _block_ranks(query[lo:hi], gallery, gallery_m2, gallery_sq, th, limit,
-                                 lo if exclude_self else None, cols, threads, pool)
-        yield Block(slice(lo, hi), ranks, pos_count)
+        problem = _Problem(
+            query, gallery, augment(query, q_sq, "query"), augment(gallery, g_sq, "gallery"), q_sq.sqrt(),
+            g_sq.max().sqrt() if len(gallery) else torch.zeros((), dtype=torch.float64, device=gallery.device),
+            positives, max(1, most) if all_positives else 1, rank_limit,
+            tile_shape(len(query), len(gallery), memory_budget), threads, pool)
+        blocks = (_self_blocks if exclude_self else _gallery_blocks)(problem)
+        while True:
+            with _cpu_threads(gallery.device, 1):  # the bookkeeping between tiles, not the caller's code
+                block = next(blocks, None)
+            if block is None:
+                return
+            yield block

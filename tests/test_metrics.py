@@ -186,18 +186,72 @@ def test_one_pass_serves_recall_and_map_r(monkeypatch):
     import metric.ranking as ranking
     e, labels = _integer_data(200, 4, 20, 5)
     products = []
-    real_tile_keys = ranking._tile_keys
+    real_products = ranking.products
 
-    def counting_tile_keys(query, gallery_m2, gallery_sq, out):
-        products.append(len(query) * len(gallery_m2))
-        return real_tile_keys(query, gallery_m2, gallery_sq, out)
+    def counting_products(query, gallery, out):
+        products.append((len(query), len(gallery)))
+        return real_products(query, gallery, out)
 
-    monkeypatch.setattr(ranking, "_tile_keys", counting_tile_keys)
+    monkeypatch.setattr(ranking, "products", counting_products)
     both = retrieval_metrics(e, labels, None, None, [1, 5], ("recall", "map_r"), memory_budget=20_000)
-    assert sum(products) == 200 * 200  # every (query, item) key exactly once
+    rows, _ = tile_shape(200, 200, 20_000)
+    # symmetric: each block of rows meets only the columns from its own on, so about half of the 200 x 200 keys
+    expected = sum(min(rows, 200 - lo) * (200 - lo) for lo in range(0, 200, rows))
+    assert sum(r * c for r, c in products) == expected < 0.6 * 200 * 200
     monkeypatch.undo()
     assert [both["Recall@1"], both["Recall@5"]] == recall_at_k(e, labels, [1, 5], memory_budget=20_000)
     assert {k: both[k] for k in ("MAP@R", "R-Precision")} == map_at_r(e, labels, memory_budget=20_000)
+
+
+def test_queries_leave_the_product_once_past_the_largest_k(monkeypatch):
+    """Query->gallery over many column tiles: a query whose nearest positive is already past the largest K
+    (or that has no positive) leaves the product, and every metric still equals brute force."""
+    import metric.ranking as ranking
+    g = torch.Generator().manual_seed(3)
+    q, g_emb = torch.randn(300, 16, generator=g), torch.randn(1500, 16, generator=g)
+    ql, gl = torch.randint(0, 300, (300,), generator=g), torch.randint(0, 300, (1500,), generator=g)
+    ql[:10] = 99  # no positive in the gallery at all
+    entries = []
+    real_products = ranking.products
+    monkeypatch.setattr(ranking, "products",
+                        lambda a, b, out: (entries.append(len(a) * len(b)), real_products(a, b, out)))
+    ks = [1, 2, 3]
+    assert tile_shape(300, 1500, 6 * 512 * 8) == (8, 512)  # three column tiles per block of rows
+    got = retrieval_metrics(q, ql, g_emb, gl, ks, ("recall", "map_r"), memory_budget=6 * 512 * 8)
+    recall, mapr = _exact_brute(q, ql, g_emb, gl, ks, False)
+    assert [got[f"Recall@{k}"] for k in ks] == pytest.approx(recall, abs=1e-9)
+    assert {k: got[k] for k in mapr} == pytest.approx(mapr, abs=1e-9)
+    assert sum(entries) < 0.6 * 300 * 1500  # most queries stopped early
+
+
+def test_symmetric_tiles_with_many_blocks_and_positives():
+    """Self-retrieval in many row blocks and column tiles (each off-diagonal tile counted for rows and
+    columns), with about 12 positives per query and exact ties: equal to brute force."""
+    e, labels = _integer_data(700, 6, 60, 11)
+    ks = [1, 3, 10, 100]
+    assert tile_shape(700, 700, 6 * 512 * 8) == (8, 512)
+    got = retrieval_metrics(e, labels, None, None, ks, ("recall", "map_r"), memory_budget=6 * 512 * 8)
+    recall, mapr = _exact_brute(e, labels, e, labels, ks, True)
+    assert [got[f"Recall@{k}"] for k in ks] == pytest.approx(recall, abs=1e-9)
+    assert {k: got[k] for k in mapr} == pytest.approx(mapr, abs=1e-9)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_host_and_device_passes_agree(axis):
+    """The numpy passes (CPU) and the torch passes (accelerators) count and list the same entries."""
+    from metric import tile_scan
+    g = torch.Generator().manual_seed(5)
+    dist = torch.randint(0, 20, (37, 53), generator=g).float()
+    shape = (37, 1) if axis == 1 else (1, 53)
+    below = torch.randint(0, 20, shape, generator=g).float()
+    above = below + torch.randint(0, 3, shape, generator=g).float()
+    masks = [torch.empty(37, 53, dtype=torch.bool) for _ in range(4)]
+    host = tile_scan._compare_host(dist.numpy(), below.numpy(), above.numpy(), masks[0].numpy(), masks[1].numpy(), axis)
+    device = tile_scan._compare_device(dist, below, above, masks[2], masks[3], axis)
+    assert torch.equal(host[0].long(), device[0].long()) and torch.equal(host[1], device[1])
+    assert torch.equal(host[0].long(), (dist < below).sum(dim=axis))
+    window = ((dist >= below) & (dist <= above)).view(-1).nonzero().squeeze(1)
+    assert torch.equal(host[1], window) and len(window) > 0
 
 
 def test_tiles_follow_the_budget_and_cuda_free_memory():
