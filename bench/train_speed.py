@@ -1,12 +1,13 @@
 """Training throughput: the data pipeline (authors' chain, uncached, cached) and training iterations.
 
-    python bench/train_speed.py [--images 200] [--batch 128] [--iters 10]
+    python bench/train_speed.py [--images 200] [--batch 128] [--iters 10] [--repeats 5] [--data-only]
 
 Data pipeline: images/s of the train transform over the same generated 500x375
-JPEG files, one process with one thread (per core), and with a 2-worker DataLoader,
-where the project's cached path hands over uint8 crops and normalises each batch
-in the main process, as run.py does on the training device. Outputs of all are
-checked to be identical for the same torch seeds.
+JPEG files, one process with one thread (per core), and with a 2-worker DataLoader
+with persistent workers, as run.py builds it, in its steady state (after a warm-up
+epoch), where the project's cached path gets (index, seed) samples, hands over uint8
+crops and normalises each batch where the model is, as run.py does. Outputs of all
+are checked to be identical for the same torch seeds.
 Training: BN-Inception iterations on the current device: fp32, and AMP where CUDA
 is present; then one epoch end to end through the cached loader. Evaluation:
 BN-Inception embedding of uint8 batches, and from the two rates an estimate of
@@ -85,17 +86,40 @@ def per_core(dataset, passes: int = 3) -> float:
     return float(np.median(rates))
 
 
-def with_loader(dataset, workers: int, normalize: DeviceNormalize | None = None) -> float:
-    """Images/s of a ``workers``-process DataLoader (batches of 32); with ``normalize``, uint8 batches are
-    normalised in this process, as on a CPU training device (a GPU does it off the CPU)."""
-    loader = DataLoader(dataset, batch_size=32, num_workers=workers, shuffle=False)
-    next(iter(loader))  # start-up is not throughput
+def warm_loader(dataset, workers: int, seeded: bool = False) -> DataLoader:
+    """A ``workers``-process DataLoader built as run.py builds it (persistent workers), batches of 32, after
+    one warm-up epoch (start-up is not throughput). With ``seeded`` the samples are (index, seed) pairs, as
+    run.py's ``SeededShards`` hands them out."""
+    indices = [(i, i) for i in range(len(dataset))] if seeded else list(range(len(dataset)))
+    batches = [indices[lo:lo + 32] for lo in range(0, len(indices), 32)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0)
+    for _ in loader:
+        pass
+    return loader
+
+
+def loader_rate(loader: DataLoader, normalize: DeviceNormalize | None = None, epochs: int = 5) -> float:
+    """Images/s of ``epochs`` epochs of a warm loader; with ``normalize``, uint8 batches are normalised in
+    this process, as on a CPU training device (a GPU does it off the CPU)."""
     start = time.perf_counter()
     count = 0
-    for images, labels in loader:
-        images = normalize(images) if normalize is not None else images
-        count += len(labels)
+    for _ in range(epochs):
+        for images, labels in loader:
+            images = normalize(images) if normalize is not None else images
+            count += len(labels)
     return count / (time.perf_counter() - start)
+
+
+def compare_loaders(runs: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """{name: (median images/s, median ratio to the first run)} of ``runs`` ({name: () -> images/s}),
+    measured in turn ``repeats`` times, so that a drift of this shared machine's speed hits all alike."""
+    rates = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run_once in runs.items():
+            rates[name].append(run_once())
+    base = next(iter(rates.values()))
+    return {name: (float(np.median(r)), float(np.median([x / b for x, b in zip(r, base)])))
+            for name, r in rates.items()}
 
 
 def identical(datasets, normalize: DeviceNormalize, seeds=(1, 2, 3)) -> bool:
@@ -109,6 +133,18 @@ def identical(datasets, normalize: DeviceNormalize, seeds=(1, 2, 3)) -> bool:
         if not all(torch.equal(outs[0], o) for o in outs[1:]):
             return False
     return True
+
+
+def loader_comparison(authors, cached, cached_uint8, normalize: DeviceNormalize, workers: int,
+                      repeats: int) -> dict[str, tuple[float, float]]:
+    """``compare_loaders`` of the authors' chain and the project's cached pipelines, each in its own warm loader."""
+    loaders = [warm_loader(authors, workers), warm_loader(cached, workers), warm_loader(cached_uint8, workers, True)]
+    return compare_loaders({
+        "authors' chain": lambda: loader_rate(loaders[0]),
+        "cached, float32 handed over": lambda: loader_rate(loaders[1]),
+        "cached, uint8, per-sample seeds (run.py, GPU)": lambda: loader_rate(loaders[2]),
+        "the same, normalised in this process (CPU)": lambda: loader_rate(loaders[2], normalize),
+    }, repeats)
 
 
 def train_speed(device: torch.device, batch: int, iters: int, amp: bool) -> float:
@@ -175,6 +211,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 128 on CUDA, 16 on CPU)")
     parser.add_argument("--iters", type=int, default=None, help="training iterations (default 20 on CUDA, 3 on CPU)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of the DataLoader comparison")
+    parser.add_argument("--data-only", action="store_true", help="stop after the data pipeline")
     args = parser.parse_args()
     device = run.select_device("auto")
     cuda = device.type == "cuda"
@@ -210,11 +248,12 @@ def main() -> None:
               f"{os.cpu_count()} workers)")
         torch.set_num_threads(os.cpu_count() or 1)
         workers = min(2, os.cpu_count() or 1)
-        a, c = with_loader(authors, workers), with_loader(cached, workers)
-        u, un = with_loader(cached_uint8, workers), with_loader(cached_uint8, workers, normalize)
-        print(f"  DataLoader, {workers} workers, images/s: authors' chain {a:.1f}; cached float32 {c:.1f} "
-              f"({c / a:.2f}x); cached uint8 as delivered to a GPU {u:.1f} ({u / a:.2f}x); cached uint8 normalised "
-              f"in the main process, as CPU training does {un:.1f} ({un / a:.2f}x)")
+        results = loader_comparison(authors, cached, cached_uint8, normalize, workers, args.repeats)
+        print(f"  DataLoader, {workers} workers, persistent, steady state; medians of {args.repeats} rounds:")
+        for name, (rate, ratio) in results.items():
+            print(f"    {name:<46} {rate:8.1f} images/s   {ratio:5.2f}x the authors' chain")
+        if args.data_only:
+            return
 
         print(f"\nTraining iterations, BN-Inception, batch {batch}, 224x224, {iters} iterations on {device}:")
         fp32 = train_speed(device, batch, iters, amp=False)

@@ -26,7 +26,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -205,8 +204,3 @@ def open_cache(path: Path, expected: int) -> np.ndarray:
         raise UserError(f"cache {path} holds {array.shape[0]} images of {array.dtype}, expected {expected} of "
                         "uint8; delete it and run again")
     return array
-
-
-def image_at(array: np.ndarray, index: int) -> Image.Image:
-    """The cached resized image of sample ``index`` as a PIL RGB image."""
-    return Image.fromarray(np.ascontiguousarray(array[index]), mode="RGB")

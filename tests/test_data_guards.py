@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import transforms as T
 
 from dataset import CUB200, Folder, StanfordOnlineProducts
 from dataset import cache
@@ -311,3 +313,20 @@ def test_every_dataset_takes_the_cache_worker_count(name):
     import inspect
     from dataset import DATASETS
     assert "cache_workers" in inspect.signature(DATASETS[name]).parameters
+
+
+@pytest.mark.parametrize("backbone, size", [("bninception", None), ("resnet18", 64)])
+def test_cached_steps_equal_the_pil_steps(backbone, size):
+    """The cached path crops the array before PIL: for the same seeds, the train (random resized crop,
+    flip) and test (center crop) outputs equal torchvision's steps on a PIL image of the whole array."""
+    from dataset.cached_transform import CachedTransform
+    from dataset.transforms import build_transforms
+    side = 256 if size is None else 73
+    array = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    for transform in build_transforms(backbone, size):
+        steps = transform.transforms[1:]
+        for seed in range(40):
+            torch.manual_seed(seed)
+            expected = T.Compose(steps)(Image.fromarray(array))
+            torch.manual_seed(seed)
+            assert torch.equal(CachedTransform(steps)(array), expected)

@@ -72,6 +72,8 @@ def test_a_samples_augmentation_depends_on_its_seed_only(tmp_path):
     b = ds[(3, 1234)][0]
     assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), state)
     assert not torch.equal(a, ds[(3, 1235)][0])
+    torch.manual_seed(1234)
+    assert torch.equal(a, ds[3][0])  # the very crop torch.manual_seed(seed) gives
 
 
 def _step(case: str, images, labels, ctx: Context):
