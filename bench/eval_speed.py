@@ -3,7 +3,8 @@
     pip install -r bench/requirements.txt   # faiss-cpu, scikit-learn: bench only
     python bench/eval_speed.py              # 30k, SOP (60,502 x 512) and In-Shop (14,218 x 12,612)
 
-Each measurement runs in its own process so that its peak RSS is its own.
+Each measurement runs in its own process so that its peak RSS is its own, once
+per round, in turn; medians over ``--repeats`` rounds (default 3) are printed.
 Printed per size: one matrix product of the whole set in 2,048-row blocks, with
 torch (MKL on x86) and with numpy (OpenBLAS), the faster of which is the floor
 a brute-force exact method pays; faiss ``IndexFlatL2`` search with k = max K (+1
@@ -13,7 +14,7 @@ Recall@K with MAP@R in the same pass; a naive per-query loop on a sample
 
 ``--data random`` (the default) draws unit vectors with random labels, so a
 positive sits at a random rank; ``--data clustered`` puts each class around its
-own centre, like trained embeddings (Recall@1 60-90%). The project's early
+own centre, like trained embeddings (Recall@1 54-82% at the three sizes). The project's early
 exit (a query leaves the product once its ranks are past the largest K) helps
 the first and barely the second; the symmetric product in self-retrieval helps both.
 """
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +43,7 @@ DIM = 512
 PRODUCT_ROWS = 2048
 
 
-CLUSTER_NOISE = 2.2  # --data clustered: noise over class-centre spread (Recall@1 60-90%, like trained embeddings)
+CLUSTER_NOISE = 2.2  # --data clustered: noise over the centres' spread (Recall@1 54-82%, like trained embeddings)
 
 
 def make_data(size: str, data: str = "random"):
@@ -151,34 +153,50 @@ def measure(size: str, what: str, data: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def report(size: str, data: str, have_faiss: bool, skip: list[str]) -> None:
+def rounds(size: str, data: str, names: list[str], repeats: int) -> dict[str, list[dict]]:
+    """Each measurement of ``names`` once per round, in turn, ``repeats`` rounds: a drift of this shared
+    machine's speed then hits all of them alike."""
+    runs = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            runs[name].append(measure(size, name, data))
+    return runs
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def report(size: str, data: str, have_faiss: bool, skip: list[str], repeats: int) -> None:
     """Measure and print one size: the products, the project, faiss, the single pass with MAP@R, naive."""
     spec = SIZES[size]
     print(f"\n{size}: {spec['query']} x {spec['gallery'] or spec['query']}, dim {DIM}, K = {spec['ks']}, "
-          f"{data} data", flush=True)
-    floors = {blas: measure(size, f"product_{blas}", data)["seconds"] for blas in ("torch", "numpy")}
-    for blas, seconds in floors.items():
-        print(f"  one product, {PRODUCT_ROWS}-row blocks, {blas:5s}: {seconds:8.2f} s", flush=True)
-    prod = {"seconds": min(floors.values())}
-    proj = measure(size, "project", data)
-    print(f"  project Recall@K:                 {proj['seconds']:8.2f} s  "
-          f"({proj['seconds'] / prod['seconds']:.2f}x the faster product)  peak RSS {proj['peak_rss_mb']:.0f} MB "
-          f"(data alone {proj['data_rss_mb']:.0f} MB)", flush=True)
+          f"{data} data; medians of {repeats} rounds", flush=True)
+    names = ["product_torch", "product_numpy", "project"] + ["faiss"] * have_faiss
+    names += [name for name in ("project_map", "naive") if name not in skip]
+    runs = rounds(size, data, names, repeats)
+    seconds = {name: [r["seconds"] for r in rs] for name, rs in runs.items()}
+    floor = [min(t, n) for t, n in zip(seconds["product_torch"], seconds["product_numpy"])]
+    for blas in ("torch", "numpy"):
+        print(f"  one product, {PRODUCT_ROWS}-row blocks, {blas:5s}: {median(seconds['product_' + blas]):8.2f} s")
+    proj = runs["project"][0]
+    print(f"  project Recall@K:                 {median(seconds['project']):8.2f} s  "
+          f"({median([p / f for p, f in zip(seconds['project'], floor)]):.2f}x the faster product)  peak RSS "
+          f"{max(r['peak_rss_mb'] for r in runs['project']):.0f} MB (data alone {proj['data_rss_mb']:.0f} MB)")
     print(f"  project Recall@K: {', '.join(f'{v:.3f}' for v in proj['result'].values())}")
     if have_faiss:
-        fa = measure(size, "faiss", data)
-        print(f"  faiss IndexFlatL2 + hits:         {fa['seconds']:8.2f} s  "
-              f"(faiss / project = {fa['seconds'] / proj['seconds']:.2f})  peak RSS {fa['peak_rss_mb']:.0f} MB")
-        print(f"  faiss Recall@K:   {', '.join(f'{v:.3f}' for v in fa['result'])}", flush=True)
-    if "project_map" not in skip:
-        pm = measure(size, "project_map", data)
-        print(f"  project Recall@K + MAP@R, 1 pass: {pm['seconds']:8.2f} s  "
-              f"({pm['seconds'] / prod['seconds']:.2f}x the faster product)  MAP@R {pm['result']['MAP@R']:.3f}",
-              flush=True)
-    if "naive" not in skip:
-        nv = measure(size, "naive", data)
-        print(f"  naive per-query (extrapolated):   {nv['seconds']:8.2f} s  "
-              f"({nv['seconds'] / proj['seconds']:.1f}x the project)", flush=True)
+        print(f"  faiss IndexFlatL2 + hits:         {median(seconds['faiss']):8.2f} s  (faiss / project = "
+              f"{median([f / p for f, p in zip(seconds['faiss'], seconds['project'])]):.2f})  peak RSS "
+              f"{max(r['peak_rss_mb'] for r in runs['faiss']):.0f} MB")
+        print(f"  faiss Recall@K:   {', '.join(f'{v:.3f}' for v in runs['faiss'][0]['result'])}")
+    if "project_map" in runs:
+        print(f"  project Recall@K + MAP@R, 1 pass: {median(seconds['project_map']):8.2f} s  "
+              f"({median([p / f for p, f in zip(seconds['project_map'], floor)]):.2f}x the faster product)  "
+              f"MAP@R {runs['project_map'][0]['result']['MAP@R']:.3f}")
+    if "naive" in runs:
+        print(f"  naive per-query (extrapolated):   {median(seconds['naive']):8.2f} s  "
+              f"({median(seconds['naive']) / median(seconds['project']):.1f}x the project)")
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -189,6 +207,7 @@ def main() -> None:
                         help="embeddings: random unit vectors, and/or clustered by class like trained ones")
     parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "project_map"],
                         help="measurements to leave out")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of measurements; medians are printed")
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -199,7 +218,7 @@ def main() -> None:
         print("faiss-cpu is not installed: the faiss column is skipped (pip install -r bench/requirements.txt)")
     for data in args.data:
         for size in args.sizes:
-            report(size, data, have_faiss, args.skip)
+            report(size, data, have_faiss, args.skip, args.repeats)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -22,7 +22,7 @@ computed once and counted for its rows' queries and its columns' queries, so
 the product is half of the whole matrix's.
 
 The product runs in tiles of (rows, cols) whose size follows a memory budget:
-on the CPU about the cache; on CUDA a share of the free device memory.
+on the CPU 48 MiB (1,024 x 8,192 entries); on CUDA a share of the free device memory.
 """
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,7 +47,7 @@ _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not ex
 def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
     """Run the enclosed CPU ops on ``threads`` threads, then restore the count.
 
-    The passes over an in-cache tile are a few milliseconds each; split over
+    The passes over a tile's rows are a few milliseconds each; split over
     OpenMP threads, the barrier between them costs 5-50x that on a loaded
     machine. So the passes run on independent one-thread workers, the rest of
     the bookkeeping on one thread.
@@ -62,7 +62,7 @@ def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
 
 
 def memory_budget_for(device: torch.device, free_bytes: int | None = None) -> int:
-    """Bytes one tile may use on ``device``: the cache-sized default on the CPU,
+    """Bytes one tile may use on ``device``: the fixed default on the CPU,
     a quarter of the free memory on CUDA (``free_bytes`` overrides the query of the device, for tests)."""
     if device.type != "cuda":
         return DEFAULT_MEMORY_BUDGET
@@ -89,6 +89,9 @@ def tile_shape(num_query: int, num_gallery: int, memory_budget: int) -> tuple[in
 def _positive_table(query_labels: torch.Tensor, gallery_labels: torch.Tensor):
     """Gallery indices grouped by label: (order, start, count) with ``order`` sorted by (label, index)."""
     order = torch.sort(gallery_labels, stable=True).indices
+    if not len(order):
+        none = torch.zeros_like(query_labels)
+        return order, none, none
     uniq, counts = torch.unique_consecutive(gallery_labels[order], return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.searchsorted(uniq, query_labels).clamp(max=len(uniq) - 1)
@@ -217,6 +220,8 @@ def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple
     """((b, P) gallery indices of the positives of queries lo..hi padded with -1, (b,) their number R)."""
     order, starts, counts = p.positives
     pos_count = counts[lo:hi]
+    if not len(order):  # an empty gallery: nobody has a positive
+        return torch.full((hi - lo, 1), -1, dtype=torch.int64, device=p.gallery.device), pos_count
     offsets = torch.arange(max(1, int(counts.max()) if len(counts) else 1), device=p.gallery.device)
     valid = offsets < pos_count[:, None]
     pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=max(0, len(order) - 1))], -1)
@@ -296,6 +301,8 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
     rows_per_block, cols = p.tile
     n = len(p.query)
     starts = range(0, n, rows_per_block)
+    if not n:
+        return
     positives = [_block_positives(p, lo, min(lo + rows_per_block, n), exclude_self=True) for lo in starts]
     th = Thresholds(*(torch.cat(parts) for parts in zip(*(
         _thresholds(p.query[lo:lo + len(idx)], p.gallery, (p.q_norm[lo:lo + len(idx)], p.g_norm), idx, p.width,

@@ -3,6 +3,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from errors import UserError
 from metric.ranking import Block, iterate_blocks
 
 
@@ -47,6 +48,12 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     """
     metrics = set(metrics)
     self_mode = gallery is None
+    for name, emb in (("query", query), ("gallery", gallery)):
+        if emb is not None and not torch.isfinite(emb).all():
+            bad = int((~torch.isfinite(emb)).any(dim=1).sum())
+            raise UserError(f"{bad} of {len(emb)} {name} embeddings are NaN or infinite, so no metric can rank "
+                            "them; the network's weights or inputs are broken (try without --amp, or another "
+                            "checkpoint)")
     gallery = query if self_mode else gallery
     gallery_labels = query_labels if self_mode else gallery_labels
     ks_t = torch.tensor(list(ks), dtype=torch.int64)

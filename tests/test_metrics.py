@@ -334,3 +334,17 @@ def test_kmeans_seeded_on_a_projection_is_deterministic_and_finds_the_clusters()
     first = kmeans(x, 20, seed=1)
     assert torch.equal(first, kmeans(x, 20, seed=1))
     assert normalized_mutual_info(first, labels) > 0.9
+
+
+def test_empty_sets_and_non_finite_embeddings():
+    """No queries, an empty gallery or a single item give defined metrics; NaN embeddings are refused in one line."""
+    from errors import UserError
+    none = torch.zeros(0, dtype=torch.long)
+    e, labels = torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
+    assert retrieval_metrics(torch.randn(0, 4), none, None, None, [1], ("recall", "map_r")) == {
+        "Recall@1": 0.0, "MAP@R": 0.0, "R-Precision": 0.0}
+    assert retrieval_metrics(e, labels, torch.randn(0, 4), none, [1], ("recall", "map_r"))["Recall@1"] == 0.0
+    assert retrieval_metrics(e[:1], labels[:1], None, None, [1], ("recall",))["Recall@1"] == 0.0
+    e[1, 2] = float("nan")
+    with pytest.raises(UserError, match="1 of 3 query embeddings are NaN or infinite"):
+        retrieval_metrics(e, labels, None, None, [1])
