@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from experiment.flags import bounded_int  # noqa: E402
 from metric.retrieval import retrieval_metrics  # noqa: E402
 
 SIZES = {
@@ -148,8 +149,10 @@ def child(size: str, what: str, data: str) -> None:
 
 
 def measure(size: str, what: str, data: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", size, what, data], capture_output=True, text=True,
-                            check=True)
+    """One measurement in its own process; its error output is shown if it fails."""
+    result = subprocess.run([sys.executable, __file__, "--child", size, what, data], capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"the {what} measurement at {size} size failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -202,12 +205,14 @@ def report(size: str, data: str, have_faiss: bool, skip: list[str], repeats: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", nargs=3, metavar=("SIZE", "WHAT", "DATA"), help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES),
+                        help="30k: 30,000 x 30,000; sop: 60,502 x 60,502 (minutes); inshop: 14,218 x 12,612")
     parser.add_argument("--data", nargs="+", choices=["random", "clustered"], default=["random"],
                         help="embeddings: random unit vectors, and/or clustered by class like trained ones")
     parser.add_argument("--skip", nargs="*", default=[], choices=["naive", "project_map"],
                         help="measurements to leave out")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of measurements; medians are printed")
+    parser.add_argument("--repeats", type=bounded_int(1), default=3,
+                        help="rounds of measurements; medians are printed (all sizes, 3 rounds: about 15 minutes)")
     args = parser.parse_args()
     if args.child:
         child(*args.child)

@@ -1,6 +1,6 @@
 """Training throughput: the data pipeline (authors' chain, uncached, cached) and training iterations.
 
-    python bench/train_speed.py [--images 200] [--batch 128] [--iters 10] [--repeats 5] [--data-only]
+    python bench/train_speed.py [--images 200] [--repeats 5] [--data-only]   # about 2 minutes on 2 CPU cores
 
 Data pipeline: images/s of the train transform over the same generated 500x375
 JPEG files, one process with one thread (per core), and with a 2-worker DataLoader
@@ -34,6 +34,7 @@ from dataset.image_list import ImageList  # noqa: E402
 from dataset.sampler import PKSampler  # noqa: E402
 from dataset.transforms import DeviceNormalize, authors_normalization  # noqa: E402
 from dataset.transforms import build_transforms, device_normalization  # noqa: E402
+from experiment.flags import bounded_int  # noqa: E402
 from loss.mdr import MDRLoss  # noqa: E402
 from loss.sampler import DistanceWeighted  # noqa: E402
 from loss.triplet import TripletLoss  # noqa: E402
@@ -123,13 +124,14 @@ def compare_loaders(runs: dict, repeats: int) -> dict[str, tuple[float, float]]:
 
 
 def identical(datasets, normalize: DeviceNormalize, seeds=(1, 2, 3)) -> bool:
-    """Whether every dataset gives the same float image for the same seeds, uint8 ones after ``normalize``."""
+    """Whether every dataset gives the same float image for the same seeds, uint8 ones after ``normalize``;
+    the project's datasets (``ImageList``) also through their (index, seed) samples, as the timed loaders."""
     for seed in seeds:
         outs = []
         for ds in datasets:
             torch.manual_seed(seed)
-            image = ds[seed][0]
-            outs.append(normalize(image[None])[0] if image.dtype == torch.uint8 else image)
+            images = [ds[seed][0]] + ([ds[(seed, seed)][0]] if isinstance(ds, ImageList) else [])
+            outs += [normalize(image[None])[0] if image.dtype == torch.uint8 else image for image in images]
         if not all(torch.equal(outs[0], o) for o in outs[1:]):
             return False
     return True
@@ -207,11 +209,15 @@ def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--batch", type=int, default=None, help="training batch (default 128 on CUDA, 16 on CPU)")
-    parser.add_argument("--iters", type=int, default=None, help="training iterations (default 20 on CUDA, 3 on CPU)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of the DataLoader comparison")
+    parser.add_argument("--images", type=bounded_int(32), default=200,
+                        help="generated JPEGs the pipelines run over (default 200)")
+    parser.add_argument("--batch", type=bounded_int(2), default=None,
+                        help="training batch (default 128 on CUDA, 16 on CPU)")
+    parser.add_argument("--iters", type=bounded_int(1), default=None,
+                        help="training iterations (default 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--workers", type=bounded_int(0), default=min(8, os.cpu_count() or 1),
+                        help="loader workers of the end-to-end epoch (the DataLoader comparison uses min(2, CPUs))")
+    parser.add_argument("--repeats", type=bounded_int(1), default=5, help="rounds of the DataLoader comparison")
     parser.add_argument("--data-only", action="store_true", help="stop after the data pipeline")
     args = parser.parse_args()
     device = run.select_device("auto")

@@ -1,7 +1,8 @@
 """Exact blocked nearest-neighbour ranking, shared by every retrieval metric, in one pass.
 
 Distances are squared Euclidean, and ranks are those of the exact float64
-distances ``sum((q - g)^2)``. Ties are broken by the gallery index: of two
+distances ``sum((q - g)^2)`` of the float32 embeddings (float64 inputs are
+rounded to float32 first, as every embedding of this project is float32). Ties are broken by the gallery index: of two
 equally distant items, the one with the smaller index ranks first, as a stable
 sort by distance would place it.
 
@@ -30,7 +31,8 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from metric.tile_scan import Found, Thresholds, augment, products, scan, squared_norms
+from errors import UserError
+from metric.tile_scan import Found, Thresholds, augment, mean64, products, scan, squared_norms
 
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
 _BYTES_PER_ENTRY = 6  # one float32 distance plus two byte-sized comparison masks
@@ -38,8 +40,8 @@ _ROWS = 1024  # query rows per tile: fewer starve the matrix product
 _MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
 _MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
 _FREE_MEMORY_SHARE = 4  # on CUDA a tile may use 1/4 of the free device memory
-_SETTLE_CHUNK = {"cpu": 256, "cuda": 1 << 16}  # (query, item) pairs settled in float64 at once (CPU: in cache)
-_UNIT_ROUNDOFF = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}  # float32, TF32, bfloat16 products
+_SETTLE_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 24}  # float64 differences settled at once (CPU: in cache)
+_U = 2.0**-24  # unit roundoff of the float32 products (IEEE float32: numpy on the CPU, no TF32 on CUDA)
 _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not exist
 
 
@@ -104,7 +106,8 @@ def _exact_sq_dist(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tenso
     """(P,) float64 ``sum((query[rows] - gallery[cols])^2)`` for (P,) index pairs, in cache-sized chunks
     spread over the ``pool``'s threads."""
     out = torch.empty(len(rows), dtype=torch.float64, device=query.device)
-    chunk = _SETTLE_CHUNK.get(query.device.type, _SETTLE_CHUNK["cuda"])
+    elements = _SETTLE_ELEMENTS.get(query.device.type, _SETTLE_ELEMENTS["cuda"])
+    chunk = max(1, elements // max(1, query.shape[1]))
 
     def fill(lo: int) -> None:
         diff = query[rows[lo:lo + chunk]].double().sub_(gallery[cols[lo:lo + chunk]])
@@ -117,20 +120,21 @@ def _exact_sq_dist(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tenso
 def _dist_error_bound(q_norm: torch.Tensor, g_norm: torch.Tensor, dim: int) -> torch.Tensor:
     """(Q,) float64 bound on |float32 distance - exact distance| of every item in each query's row.
 
-    ``q_norm`` is (Q,) float64 |q|, ``g_norm`` the float64 scalar largest gallery norm, ``dim`` D.
+    ``q_norm`` is (Q,) float64 |q|, ``g_norm`` the float64 scalar largest gallery norm, both of the
+    centred float32 embeddings (``iterate_blocks``), and ``dim`` is D.
 
-    The float32 distance is the dot product of the D + 2 terms of
-    ``tile_scan.augment``: -2 q_k g_k, fl(|g|^2) and fl(|q|^2). With u the
-    product's unit roundoff and gamma = (D + 2) u / (1 - (D + 2) u), in any
-    summation order its error is at most gamma times the sum of the terms'
-    magnitudes, at most (|q| + |g|)^2, and the two rounded norms add u (|q|^2 + |g|^2).
-    A 1% margin covers the higher orders, and a float64 term the norms' float64
-    sums and the exact reference's own rounding.
+    Centring rounds each coordinate once (relative error u), which moves a
+    squared distance by at most 2u (|q| + |g|)^2 (to first order). The float32
+    distance is then the dot product of the D + 2 terms of ``tile_scan.augment``:
+    -2 q_k g_k, fl(|g|^2) and fl(|q|^2). With gamma = (D + 2) u / (1 - (D + 2) u),
+    in any summation order its error is at most gamma times the sum of the
+    terms' magnitudes, at most (|q| + |g|)^2, and the two rounded norms add
+    u (|q|^2 + |g|^2). A 1% margin covers the higher orders, and a float64 term
+    the norms' float64 sums and the exact reference's own rounding.
     """
-    u = _UNIT_ROUNDOFF[torch.get_float32_matmul_precision()]
-    gamma = (dim + 2) * u / (1 - (dim + 2) * u)
+    gamma = (dim + 2) * _U / (1 - (dim + 2) * _U)
     scale = (q_norm + g_norm).pow(2)
-    return 1.01 * (gamma + u) * scale + 8 * (dim + 2) * 2.0**-53 * scale
+    return 1.01 * (gamma + 3 * _U) * scale + 8 * (dim + 2) * 2.0**-53 * scale
 
 
 def _rounded(x: torch.Tensor, toward: float) -> torch.Tensor:
@@ -254,8 +258,9 @@ def _scan_tile(p: _Problem, tile: torch.Tensor, row_th: Thresholds, col_th: Thre
 
 
 def _buffers(p: _Problem, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A flat float32 tile buffer and (2, entries) bool masks for tiles of at most ``p.tile`` entries."""
-    entries = p.tile[0] * p.tile[1]
+    """A flat float32 tile buffer and (2, entries) bool masks for tiles of ``p.tile`` entries, or of the
+    square of its rows (self-retrieval's diagonal tiles), whichever is larger."""
+    entries = p.tile[0] * max(p.tile)
     return torch.empty(entries, device=device), torch.empty(2, entries, dtype=torch.bool, device=device)
 
 
@@ -303,11 +308,14 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
     starts = range(0, n, rows_per_block)
     if not n:
         return
-    positives = [_block_positives(p, lo, min(lo + rows_per_block, n), exclude_self=True) for lo in starts]
-    th = Thresholds(*(torch.cat(parts) for parts in zip(*(
-        _thresholds(p.query[lo:lo + len(idx)], p.gallery, (p.q_norm[lo:lo + len(idx)], p.g_norm), idx, p.width,
-                    p.pool)
-        for lo, (idx, _) in zip(starts, positives)))))
+    pos_counts, parts = [], []
+    for lo in starts:  # every query's thresholds first: later blocks' columns meet earlier rows
+        hi = min(lo + rows_per_block, n)
+        pos_idx, pos_count = _block_positives(p, lo, hi, exclude_self=True)
+        pos_counts.append(pos_count)
+        parts.append(_thresholds(p.query[lo:hi], p.gallery, (p.q_norm[lo:hi], p.g_norm), pos_idx, p.width, p.pool))
+    th = Thresholds(*(torch.cat(x) for x in zip(*parts)))
+    del parts
     closer = torch.zeros(n, p.width, dtype=torch.int64, device=device)
     pending = [[] for _ in starts]  # per block: window pairs (query, item, j) found with earlier blocks' tiles
     for block, lo in enumerate(starts):
@@ -332,7 +340,7 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
         pieces = own + pending[block]
         pending[block] = []
         joined = tuple(torch.cat([x[i] for x in pieces]) - (lo if i == 0 else 0) for i in range(3))
-        pos_count = positives[block][1]
+        pos_count = pos_counts[block]
         ranks = _settle(p.query[lo:hi], p.gallery, _subset(th, slice(lo, hi)), closer[lo:hi],
                         _limit(pos_count, p.width, p.rank_limit), joined, p.pool)
         yield Block(slice(lo, hi), ranks, pos_count)
@@ -354,23 +362,73 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     """
     query = query.detach().float().contiguous()
     gallery = query if exclude_self else gallery.detach().float().contiguous()
+    device = gallery.device
     if memory_budget is None:
-        memory_budget = memory_budget_for(gallery.device)
-    positives = _positive_table(query_labels.to(gallery.device), gallery_labels.to(gallery.device))
+        memory_budget = memory_budget_for(device)
+    positives = _positive_table(query_labels.to(device).long(), gallery_labels.to(device).long())
     most = int(positives[2].max()) - int(exclude_self) if len(query) else 0
     threads = torch.get_num_threads()
-    q_sq = squared_norms(query)
-    g_sq = q_sq if exclude_self else squared_norms(gallery)
+    query_aug, gallery_aug, q_norm, g_norm = _centred_rows(query, gallery, exclude_self)
     with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        problem = _Problem(
-            query, gallery, augment(query, q_sq, "query"), augment(gallery, g_sq, "gallery"), q_sq.sqrt(),
-            g_sq.max().sqrt() if len(gallery) else torch.zeros((), dtype=torch.float64, device=gallery.device),
-            positives, max(1, most) if all_positives else 1, rank_limit,
-            tile_shape(len(query), len(gallery), memory_budget), threads, pool)
+        problem = _Problem(query, gallery, query_aug, gallery_aug, q_norm, g_norm, positives,
+                           max(1, most) if all_positives else 1, rank_limit,
+                           tile_shape(len(query), len(gallery), memory_budget), threads, pool)
         blocks = (_self_blocks if exclude_self else _gallery_blocks)(problem)
         while True:
-            with _cpu_threads(gallery.device, 1):  # the bookkeeping between tiles, not the caller's code
+            with _cpu_threads(device, 1), _ieee_products(device):  # the work between yields, not the caller's
                 block = next(blocks, None)
             if block is None:
                 return
             yield block
+
+
+def _centred_rows(query: torch.Tensor, gallery: torch.Tensor, exclude_self: bool):
+    """(augmented queries, augmented gallery, (Q,) float64 query norms, float64 largest gallery norm), all of
+    the embeddings centred on the gallery's mean.
+
+    Distances do not change under a shift, but the products' rounding error
+    grows with the norms: centring keeps it at the scale of the embeddings'
+    spread, however far from the origin they sit.
+    """
+    sets = [("query", query)] + ([] if exclude_self else [("gallery", gallery)])
+    means = {name: mean64(x) if len(x) else torch.zeros(x.shape[1], dtype=torch.float64) for name, x in sets}
+    for name, x in sets:  # a NaN or infinite value makes its column's mean one too
+        if not torch.isfinite(means[name]).all():
+            bad = int((~torch.isfinite(x)).any(dim=1).sum())
+            raise UserError(f"{bad} of {len(x)} {name} embeddings are NaN or infinite, so no metric can rank them; "
+                            "the network's weights or inputs are broken (try without --amp, or another checkpoint)")
+    centre = means[sets[-1][0]].float().to(gallery.device)
+    g_centred = gallery - centre
+    q_centred = g_centred if exclude_self else query - centre
+    g_sq = squared_norms(g_centred)
+    q_sq = g_sq if exclude_self else squared_norms(q_centred)
+    g_norm = g_sq.max().sqrt() if len(g_sq) else torch.zeros((), dtype=torch.float64, device=gallery.device)
+    largest = max([float(g_norm)] + ([float(q_sq.max().sqrt())] if len(q_sq) else []))
+    if (2 * largest) ** 2 >= torch.finfo(torch.float32).max:
+        raise UserError(f"embeddings spread over {largest:.3g} from their mean: their squared distances overflow "
+                        "float32; scale them down (distances scale alike, ranks do not change)")
+    return augment(q_centred, q_sq, "query"), augment(g_centred, g_sq, "gallery"), q_sq.sqrt(), g_norm
+
+
+@contextmanager
+def _ieee_products(device: torch.device) -> Iterator[None]:
+    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it), through
+    the same API the user set TF32 with; restored after. numpy's products on the CPU are IEEE anyway."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    try:
+        saved = torch.get_float32_matmul_precision()  # raises once the newer fp32_precision API is in use
+    except RuntimeError:
+        saved, matmul.fp32_precision = matmul.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = saved
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)

@@ -28,13 +28,23 @@ def _map_sums(block: Block) -> tuple[float, float, int]:
     return float((precision[has] / r).sum()), float((inside[has].sum(dim=1) / r).sum()), int(has.sum())
 
 
+def _check_labels(sets: list) -> None:
+    """Raise a one-line UserError unless each (name, (N, D) embeddings, labels) has N labels (NaN embeddings
+    are refused by ``metric.ranking``)."""
+    for name, emb, labels in sets:
+        if labels is None or len(labels) != len(emb):
+            raise UserError(f"{len(emb)} {name} embeddings but {'no' if labels is None else len(labels)} labels; "
+                            "pass one label per embedding")
+
+
 def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None,
                       gallery_labels: torch.Tensor | None, ks: Sequence[int] = (),
                       metrics: Iterable[str] = ("recall",), memory_budget: int | None = None) -> dict[str, float]:
     """Recall@K and, with "map_r" in ``metrics``, MAP@R and R-Precision, all in percent, from one pass.
 
     Args:
-        query: (Q, D) embeddings; with ``gallery`` None each queries all the others (itself excluded).
+        query: (Q, D) embeddings, taken as float32 (float64 ones are rounded first); with ``gallery`` None
+            each queries all the others (itself excluded).
         query_labels: (Q,) int labels.
         gallery: (M, D) embeddings of the query->gallery protocol, or None.
         gallery_labels: (M,) int labels, or None.
@@ -46,14 +56,10 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
         {"Recall@K": ..., "MAP@R": ..., "R-Precision": ...} as requested. MAP@R and
         R-Precision leave out queries without positives (R = 0); Recall@K counts them as misses.
     """
-    metrics = set(metrics)
+    metrics = {metrics} if isinstance(metrics, str) else set(metrics)
+    ks = list(ks)
     self_mode = gallery is None
-    for name, emb in (("query", query), ("gallery", gallery)):
-        if emb is not None and not torch.isfinite(emb).all():
-            bad = int((~torch.isfinite(emb)).any(dim=1).sum())
-            raise UserError(f"{bad} of {len(emb)} {name} embeddings are NaN or infinite, so no metric can rank "
-                            "them; the network's weights or inputs are broken (try without --amp, or another "
-                            "checkpoint)")
+    _check_labels([("query", query, query_labels)] + ([] if self_mode else [("gallery", gallery, gallery_labels)]))
     gallery = query if self_mode else gallery
     gallery_labels = query_labels if self_mode else gallery_labels
     ks_t = torch.tensor(list(ks), dtype=torch.int64)

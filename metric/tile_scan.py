@@ -107,6 +107,13 @@ def _joined(pieces: list, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     return first, second, js
 
 
+def mean64(x: torch.Tensor) -> torch.Tensor:
+    """(N, D) float32 -> (D,) float64 column means, summed in float64 (numpy on the CPU: 5x torch's)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.mean(x.numpy(), axis=0, dtype=np.float64))
+    return x.mean(dim=0, dtype=torch.float64)
+
+
 def squared_norms(x: torch.Tensor) -> torch.Tensor:
     """(N, D) float32 -> (N,) float64 squared norms, summed in float64 (numpy's einsum on the CPU: 6x torch's)."""
     if x.device.type == "cpu":

@@ -1,4 +1,6 @@
 """Retrieval metrics: the reference vectors, and brute force on random data with ties."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -348,3 +350,69 @@ def test_empty_sets_and_non_finite_embeddings():
     e[1, 2] = float("nan")
     with pytest.raises(UserError, match="1 of 3 query embeddings are NaN or infinite"):
         retrieval_metrics(e, labels, None, None, [1])
+
+
+def test_far_from_the_origin_settles_few_pairs(monkeypatch):
+    """Centring on the gallery's mean keeps the float32 error at the scale of the spread: embeddings at
+    1e4 from the origin settle about as few pairs in float64 as the same ones at the origin."""
+    import metric.ranking as ranking
+    g = torch.Generator().manual_seed(11)
+    e, labels = torch.randn(500, 16, generator=g), torch.randint(0, 50, (500,), generator=g)
+    settled = []
+    real = ranking._exact_sq_dist
+    monkeypatch.setattr(ranking, "_exact_sq_dist",
+                        lambda q, g_, r, c, pool: (settled.append(len(r)), real(q, g_, r, c, pool))[1])
+    for offset in (0.0, 1e4):
+        got = retrieval_metrics(e + offset, labels, None, None, [1, 4], ("recall", "map_r"))
+        recall, mapr = _exact_brute(e + offset, labels, e + offset, labels, [1, 4], True)
+        assert [got["Recall@1"], got["Recall@4"]] == pytest.approx(recall, abs=1e-9)
+        assert got["MAP@R"] == pytest.approx(mapr["MAP@R"], abs=1e-9)
+    at_origin, far = sum(settled[:len(settled) // 2]), sum(settled[len(settled) // 2:])
+    assert far < 3 * at_origin + 5_000  # without centring nearly all 250,000 pairs fall in the windows
+
+
+def test_bad_inputs_are_one_line_errors_and_odd_ones_work():
+    """Label counts that do not match, and squared distances past float32, are UserErrors; bool labels,
+    a metric name given as a string and K given as a generator work."""
+    from errors import UserError
+    e, labels = torch.randn(6, 4), torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(UserError, match="6 gallery embeddings but 3 labels"):
+        retrieval_metrics(e, labels, e, labels[:3], [1])
+    with pytest.raises(UserError, match="overflow float32"):
+        retrieval_metrics(e * 1e20, labels, None, None, [1])
+    expected = retrieval_metrics(e, labels, None, None, [1, 2])
+    assert retrieval_metrics(e, labels, None, None, (k for k in [1, 2]), "recall") == expected
+    as_int = retrieval_metrics(e, (labels == 0).long(), None, None, [1])
+    assert retrieval_metrics(e, labels == 0, None, None, [1]) == as_int
+
+
+def test_self_retrieval_when_the_tile_is_wider_in_rows_than_columns():
+    """A budget that gives tiles of fewer columns than rows: the diagonal (rows x rows) tile still fits."""
+    assert tile_shape(1500, 1500, 6_000_000)[1] < tile_shape(1500, 1500, 6_000_000)[0]
+    e, labels = _integer_data(1500, 3, 100, 4)
+    got = retrieval_metrics(e, labels, None, None, [1, 4], memory_budget=6_000_000)
+    assert [got["Recall@1"], got["Recall@4"]] == pytest.approx(_exact_brute(e, labels, e, labels, [1, 4], True)[0])
+
+
+def test_cuda_products_are_ieee_float32_whichever_api_set_tf32():
+    """The metric turns TF32 off for its products and restores the user's setting, through the legacy
+    ``set_float32_matmul_precision`` or the newer ``fp32_precision`` API (a fresh process for the latter,
+    since torch refuses to mix the two)."""
+    import subprocess
+    import sys
+    from metric.ranking import _ieee_products
+    cuda = torch.device("cuda")
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        with _ieee_products(cuda):
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    code = ("import torch; from metric.ranking import _ieee_products; m = torch.backends.cuda.matmul\n"
+            "m.fp32_precision = 'tf32'\nwith _ieee_products(torch.device('cuda')):\n"
+            "    assert m.fp32_precision == 'ieee'\nassert m.fp32_precision == 'tf32'\nprint('ok')")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(root))
+    assert out.stdout.strip() == "ok", out.stderr
