@@ -32,7 +32,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from errors import UserError
-from metric.tile_scan import Found, Thresholds, augment, mean64, products, scan, squared_norms
+from metric.tile_scan import Found, Thresholds, augment, concat_pairs, mean64, products, scan, squared_norms
 
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
 _BYTES_PER_ENTRY = 6  # one float32 distance plus two byte-sized comparison masks
@@ -170,9 +170,7 @@ def _thresholds(query: torch.Tensor, gallery: torch.Tensor, norms: tuple[torch.T
     dist = torch.full(pos_idx.shape, float("inf"), dtype=torch.float64, device=query.device)
     dist[valid] = _exact_sq_dist(query, gallery, rows[valid], pos_idx[valid], pool)
     dist, order = torch.sort(dist, dim=1, stable=True)  # pos_idx ascends, so ties keep the smaller index first
-    pad = max(0, width - dist.shape[1])
-    dist = torch.nn.functional.pad(dist, (0, pad), value=float("inf"))[:, :width]
-    index = torch.nn.functional.pad(pos_idx.gather(1, order), (0, pad), value=-1)[:, :width]
+    dist, index = dist[:, :width], pos_idx.gather(1, order)[:, :width]
     bound = _dist_error_bound(*norms, query.shape[1])[:, None]
     present = torch.isfinite(dist)
     below = torch.where(present, _rounded(dist - bound, float("-inf")), float("-inf"))
@@ -226,9 +224,9 @@ def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple
     pos_count = counts[lo:hi]
     if not len(order):  # an empty gallery: nobody has a positive
         return torch.full((hi - lo, 1), -1, dtype=torch.int64, device=p.gallery.device), pos_count
-    offsets = torch.arange(max(1, int(counts.max()) if len(counts) else 1), device=p.gallery.device)
+    offsets = torch.arange(max(1, int(counts.max())), device=p.gallery.device)
     valid = offsets < pos_count[:, None]
-    pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=max(0, len(order) - 1))], -1)
+    pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=len(order) - 1)], -1)
     if exclude_self:
         pos_idx = torch.where(pos_idx == torch.arange(lo, hi, device=p.gallery.device)[:, None], -1, pos_idx)
         pos_count = pos_count - 1
@@ -249,11 +247,11 @@ def _scan_tile(p: _Problem, tile: torch.Tensor, row_th: Thresholds, col_th: Thre
     step = -(-b // (p.threads if tile.device.type == "cpu" else 1))
     parts = [slice(lo, min(lo + step, b)) for lo in range(0, b, step)]
     found = list(p.pool.map(lambda part: scan(tile, row_th, col_th, masks, part), parts))
-    pairs = tuple(torch.cat([f.pairs[i] for f in found]) for i in range(3))
+    pairs = concat_pairs([f.pairs for f in found], tile.device)
     counts = torch.cat([f.counts for f in found])
     if col_th is None:
         return Found(counts, pairs, None, None)
-    col_pairs = tuple(torch.cat([f.col_pairs[i] for f in found]) for i in range(3))
+    col_pairs = concat_pairs([f.col_pairs for f in found], tile.device)
     return Found(counts, pairs, torch.stack([f.col_counts for f in found]).sum(0), col_pairs)
 
 
@@ -288,9 +286,7 @@ def _gallery_blocks(p: _Problem) -> Iterator[Block]:
             found = _scan_tile(p, tile, _subset(th, active), None, masks)
             closer[active] += found.counts
             pairs.append((active[found.pairs[0]], found.pairs[1] + c0, found.pairs[2]))
-        joined = tuple(torch.cat([x[i] for x in pairs]) if pairs else torch.zeros(0, dtype=torch.int64)
-                       for i in range(3))
-        ranks = _settle(p.query[lo:hi], p.gallery, th, closer, limit, joined, p.pool)
+        ranks = _settle(p.query[lo:hi], p.gallery, th, closer, limit, concat_pairs(pairs, device), p.pool)
         yield Block(slice(lo, hi), ranks, pos_count)
 
 
@@ -339,10 +335,10 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
                     pending[later].append((q[mine], item[mine], j[mine]))
         pieces = own + pending[block]
         pending[block] = []
-        joined = tuple(torch.cat([x[i] for x in pieces]) - (lo if i == 0 else 0) for i in range(3))
+        rows, items, js = concat_pairs(pieces, device)
         pos_count = pos_counts[block]
         ranks = _settle(p.query[lo:hi], p.gallery, _subset(th, slice(lo, hi)), closer[lo:hi],
-                        _limit(pos_count, p.width, p.rank_limit), joined, p.pool)
+                        _limit(pos_count, p.width, p.rank_limit), (rows - lo, items, js), p.pool)
         yield Block(slice(lo, hi), ranks, pos_count)
 
 

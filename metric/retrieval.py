@@ -62,7 +62,7 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     _check_labels([("query", query, query_labels)] + ([] if self_mode else [("gallery", gallery, gallery_labels)]))
     gallery = query if self_mode else gallery
     gallery_labels = query_labels if self_mode else gallery_labels
-    ks_t = torch.tensor(list(ks), dtype=torch.int64)
+    ks_t = torch.tensor(ks, dtype=torch.int64)
     hits = torch.zeros(len(ks_t), dtype=torch.float64)
     ap_sum = rp_sum = 0.0
     queries = 0

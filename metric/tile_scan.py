@@ -74,6 +74,7 @@ def scan(tile: torch.Tensor, row_th: Thresholds, col_th: Thresholds | None, mask
     convert = (lambda x: x.numpy()) if host else (lambda x: x)
     dist_all, a_all, b_all = convert(tile), convert(masks[0, :b * w].view(b, w)), convert(masks[1, :b * w].view(b, w))
     row_below, row_above = convert(row_th.below), convert(row_th.above)
+    col_below, col_above = (None, None) if col_th is None else (convert(col_th.below), convert(col_th.above))
     step = max(1, _CHUNK_ENTRIES // max(1, w)) if host else max(1, part.stop - part.start)
     counts = torch.zeros(part.stop - part.start, row_th.below.shape[1], dtype=torch.int64, device=tile.device)
     col_counts = None if col_th is None else torch.zeros(w, col_th.below.shape[1], dtype=torch.int64,
@@ -85,26 +86,22 @@ def scan(tile: torch.Tensor, row_th: Thresholds, col_th: Thresholds | None, mask
         for j in range(row_th.below.shape[1]):
             n, flat = compare(dist, row_below[r0:r1, j:j + 1], row_above[r0:r1, j:j + 1], a, b_, 1)
             counts[r0 - part.start:r1 - part.start, j] = n
-            pairs.append((flat // w + r0, flat % w, j))
+            pairs.append((flat // w + r0, flat % w, torch.full_like(flat, j)))
         if col_th is not None:
-            col_below, col_above = convert(col_th.below), convert(col_th.above)
             for j in range(col_th.below.shape[1]):
                 n, flat = compare(dist, col_below[None, :, j], col_above[None, :, j], a, b_, 0)
                 col_counts[:, j] += n
-                col_pairs.append((flat % w, flat // w + r0, j))
-    return Found(counts, _joined(pairs, tile.device), col_counts,
-                 None if col_th is None else _joined(col_pairs, tile.device))
+                col_pairs.append((flat % w, flat // w + r0, torch.full_like(flat, j)))
+    return Found(counts, concat_pairs(pairs, tile.device), col_counts,
+                 None if col_th is None else concat_pairs(col_pairs, tile.device))
 
 
-def _joined(pieces: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[(first, second, j), ...] -> three (P,) int64 tensors on ``device``."""
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
+def concat_pairs(pieces: list, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[(first, second, j), ...] of (P_i,) int64 tensors -> three (P,) int64 tensors on ``device``."""
     if not pieces:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
         return empty, empty, empty
-    first = torch.cat([p[0].to(device) for p in pieces])
-    second = torch.cat([p[1].to(device) for p in pieces])
-    js = torch.cat([torch.full((len(p[0]),), p[2], dtype=torch.int64, device=device) for p in pieces])
-    return first, second, js
+    return tuple(torch.cat([p[i].to(device) for p in pieces]) for i in range(3))
 
 
 def mean64(x: torch.Tensor) -> torch.Tensor:
