@@ -26,7 +26,9 @@ from dataset.transforms import DeviceNormalize, build_transforms, device_normali
 from errors import UserError
 from experiment import distributed
 from experiment.config import record_run
+from experiment.device import amp_settings, configure_backends, seed_everything, select_device, to_device
 from experiment.distributed import Context
+from experiment.extraction import extract
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
@@ -166,56 +168,6 @@ def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argpar
     return args
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """cudnn autotuning for speed on CUDA, or, with ``deterministic``, only repeatable algorithms.
-
-    Deterministic mode sets CUBLAS_WORKSPACE_CONFIG (cuBLAS reads it when it
-    starts), ``torch.use_deterministic_algorithms(True)`` and turns cudnn's
-    benchmark off, so the same seed gives the same weights on the same machine.
-    """
-    if deterministic:
-        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-
-
-def to_device(images: torch.Tensor, device: torch.device, normalize: DeviceNormalize | None = None) -> torch.Tensor:
-    """Asynchronous copy of an image batch, a uint8 one normalised there by ``normalize``; channels_last on CUDA."""
-    images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = normalize(images)
-    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
-
-
-def amp_settings(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """(autocast dtype, grad scaler) for --amp: bf16 where supported (no scaler needed), else fp16 with a scaler."""
-    if not enabled:
-        return None, None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16, torch.amp.GradScaler("cuda")
-    if device.type == "mps":
-        return torch.float16, None
-    return torch.bfloat16, None
-
-
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
@@ -287,25 +239,6 @@ def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
         return (f"the MDR term became non-finite ({regularizer}) {where}; its levels diverged: lower --lambda-mdr, "
                 "--nu-mdr or --lr")
     return f"the triplet loss became non-finite ({triplet}) {where}; check the data and lower --lr"
-
-
-@torch.inference_mode()
-def extract(model: nn.Module, loader: DataLoader, desc: str,
-            ctx: Context = Context(), normalize: DeviceNormalize | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) float32 embeddings and (N,) labels of a loader, in eval mode; ``normalize`` as in train_one_epoch.
-
-    Under torchrun each rank's loader holds its contiguous shard of the set;
-    the shards are gathered back in dataset order on every rank.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    embeddings, labels = [], []
-    for images, batch_labels in tqdm(loader, ncols=80, desc=desc, disable=not ctx.is_main):
-        embeddings.append(model(to_device(images, device, normalize)).float())
-        labels.append(batch_labels.to(device))
-    embeddings = torch.cat(embeddings) if embeddings else torch.empty(0, model.linear.out_features, device=device)
-    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=device)
-    return distributed.gather_rows(embeddings, ctx), distributed.gather_rows(labels, ctx)
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,

@@ -34,6 +34,8 @@ from dataset.image_list import ImageList  # noqa: E402
 from dataset.sampler import PKSampler  # noqa: E402
 from dataset.transforms import DeviceNormalize, authors_normalization  # noqa: E402
 from dataset.transforms import build_transforms, device_normalization  # noqa: E402
+from experiment.device import amp_settings, select_device  # noqa: E402
+from experiment.extraction import extract  # noqa: E402
 from experiment.flags import bounded_int  # noqa: E402
 from loss.mdr import MDRLoss  # noqa: E402
 from loss.sampler import DistanceWeighted  # noqa: E402
@@ -156,7 +158,7 @@ def train_speed(device: torch.device, batch: int, iters: int, amp: bool) -> floa
         model = model.to(memory_format=torch.channels_last)
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(mdr.parameters()), lr=1e-5, weight_decay=1e-5)
-    amp_dtype, scaler = run.amp_settings(amp, device)
+    amp_dtype, scaler = amp_settings(amp, device)
     images = torch.randn(batch, 3, 224, 224)
     labels = torch.arange(batch) // 4
     batches = [(images, labels)] * iters
@@ -172,16 +174,16 @@ def train_speed(device: torch.device, batch: int, iters: int, amp: bool) -> floa
 
 
 def eval_speed(device: torch.device, batch: int, iters: int) -> float:
-    """Images/s of ``run.extract`` (BN-Inception, eval mode) on random uint8 224x224 batches of ``batch``."""
+    """Images/s of ``experiment.extraction.extract`` (BN-Inception, eval mode) on random uint8 224x224 batches of ``batch``."""
     model = build_model("bninception", pretrained=False).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
     batches = [(images, torch.arange(batch))] * iters
     normalize = device_normalization("bninception")
-    run.extract(model, batches[:1], "warm-up", normalize=normalize)
+    extract(model, batches[:1], "warm-up", normalize=normalize)
     start = time.perf_counter()
-    run.extract(model, batches, "eval", normalize=normalize)
+    extract(model, batches, "eval", normalize=normalize)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return batch * iters / (time.perf_counter() - start)
@@ -198,7 +200,7 @@ def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int
         model = model.to(memory_format=torch.channels_last)
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(mdr.parameters()), lr=1e-5, weight_decay=1e-5)
-    amp_dtype, scaler = run.amp_settings(amp, device)
+    amp_dtype, scaler = amp_settings(amp, device)
     start = time.perf_counter()
     run.train_one_epoch(model, loader, optimizer, TripletLoss(sampler=DistanceWeighted()), mdr, 0.6, 0.01,
                         amp_dtype=amp_dtype, scaler=scaler, normalize=device_normalization("bninception"))
@@ -220,7 +222,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=bounded_int(1), default=5, help="rounds of the DataLoader comparison")
     parser.add_argument("--data-only", action="store_true", help="stop after the data pipeline")
     args = parser.parse_args()
-    device = run.select_device("auto")
+    device = select_device("auto")
     cuda = device.type == "cuda"
     batch = args.batch or (128 if cuda else 16)
     iters = args.iters or (20 if cuda else 3)
@@ -266,7 +268,7 @@ def main() -> None:
         print(f"  fp32: {fp32:8.1f} images/s")
         if cuda:
             amp = train_speed(device, batch, iters, amp=True)
-            print(f"  AMP ({run.amp_settings(True, device)[0]}): {amp:8.1f} images/s   {amp / fp32:.2f}x fp32")
+            print(f"  AMP ({amp_settings(True, device)[0]}): {amp:8.1f} images/s   {amp / fp32:.2f}x fp32")
         eval_rate = eval_speed(device, batch, iters)
         train_s, eval_s = SOP_TRAIN_PER_EPOCH / fp32, SOP_TEST / eval_rate
         print(f"  evaluation (extract, eval mode): {eval_rate:8.1f} images/s")

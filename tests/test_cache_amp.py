@@ -9,6 +9,7 @@ import run
 from dataset import cache
 from dataset.image_list import ImageList
 from dataset.transforms import build_transforms
+from experiment.device import amp_settings
 from fill import fill_model
 from loss.mdr import MDRLoss
 from loss.sampler import HardNegative
@@ -140,8 +141,8 @@ def test_amp_keeps_losses_and_mdr_statistics_in_float32():
 
 
 def test_amp_settings_choose_bf16_or_fp16_with_scaler():
-    assert run.amp_settings(False, torch.device("cpu")) == (None, None)
-    assert run.amp_settings(True, torch.device("cpu")) == (torch.bfloat16, None)
+    assert amp_settings(False, torch.device("cpu")) == (None, None)
+    assert amp_settings(True, torch.device("cpu")) == (torch.bfloat16, None)
 
 
 def test_uint8_pipeline_gives_the_float_pipelines_weights_and_metrics(tmp_path, monkeypatch):

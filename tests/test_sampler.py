@@ -8,6 +8,7 @@ import torch
 import run
 from dataset import CUB200, InShop
 from dataset.sampler import PKSampler
+from experiment.device import configure_backends
 from minidata import make_cub, make_inshop
 from reference import load
 
@@ -117,15 +118,15 @@ def test_run_trains_on_the_samplers_batches_across_interrupt_and_resume(tmp_path
 def restore_backends(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     yield
-    run.configure_backends(torch.device("cpu"), deterministic=False)
+    configure_backends(torch.device("cpu"), deterministic=False)
 
 
 def test_deterministic_flag_sets_what_it_should(restore_backends):
-    run.configure_backends(torch.device("cuda"), deterministic=False)
+    configure_backends(torch.device("cuda"), deterministic=False)
     assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     args = run.parse_args(["--deterministic"])
-    run.configure_backends(torch.device("cuda"), args.deterministic)
+    configure_backends(torch.device("cuda"), args.deterministic)
     assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
     assert not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
