@@ -5,6 +5,8 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from dataset.decode import load_rgb
+from errors import UserError
+from metric.retrieval import per_query_metrics
 
 TILE = 128
 BORDER = 6
@@ -27,12 +29,31 @@ def _tile(path: str, colour: tuple) -> Image.Image:
     return ImageOps.expand(image, border=BORDER, fill=colour)
 
 
+def worst_queries(query: tuple, gallery: tuple | None, n: int) -> torch.Tensor:
+    """(min(n, Q'),) int64 indices of the queries with the lowest AP@R, lowest first (ties: lower index).
+
+    ``query`` and ``gallery`` are ((N, D) embeddings, (N,) labels); ``gallery``
+    None is self-retrieval. Queries without positives (R = 0) have no AP and
+    are left out, so Q' counts the others.
+    """
+    outcome = per_query_metrics(*query, *(gallery if gallery is not None else (None, None)), map_r=True)
+    ranked = torch.sort(outcome.ap, stable=True).indices
+    return ranked[outcome.positives[ranked] > 0][:n]
+
+
 def save_retrieval_grid(query: tuple, query_samples: list, gallery: tuple, gallery_samples: list, n: int,
-                        out: Path, k: int = 5, exclude_self: bool = False) -> Path:
-    """Rows of [query | top-k retrievals] for the first ``n`` queries (evenly spaced over the set)."""
+                        out: Path, k: int = 5, exclude_self: bool = False, worst: bool = False) -> Path:
+    """Rows of [query | top-k retrievals] for ``n`` queries: evenly spaced over the set, or with ``worst``
+    those of the lowest AP@R, worst first (``worst_queries``)."""
     q_emb, q_labels = query
     g_emb, g_labels = gallery
-    rows = torch.linspace(0, len(q_emb) - 1, steps=min(n, len(q_emb))).long()
+    if worst:
+        rows = worst_queries(query, None if exclude_self else gallery, n)
+        if not len(rows):
+            raise UserError("--worst: no test query has a positive in the gallery, so none has an average "
+                            "precision to rank; drop --worst to see evenly spaced queries")
+    else:
+        rows = torch.linspace(0, len(q_emb) - 1, steps=min(n, len(q_emb))).long()
     idx = nearest(q_emb[rows], g_emb, k, rows if exclude_self else None)
     canvas = Image.new("RGB", (TILE * (idx.shape[1] + 1) + BORDER, TILE * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
