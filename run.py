@@ -33,13 +33,14 @@ from experiment.flags import bounded_int, check_args, expand_original_abbreviati
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
-                                write_outputs)
+                                write_outputs, write_text_atomic)
 from experiment.tensorboard import TensorBoardLog
 from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from metric.nmi import nmi
+from metric.per_class import per_class_csv
 from metric.retrieval import retrieval_metrics
 from model import BACKBONES, build_model
 from model.batchnorm import freeze_batchnorm
@@ -129,6 +130,9 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="evaluate every N epochs and always after the last (default 1, the authors' schedule)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
+    p.add_argument("--per-class", action="store_true",
+                   help="also report 'class-avg Recall@K' (and 'class-avg MAP@R' with map_r), the mean over "
+                        "classes of each class's mean, and write per_class.csv for the last evaluation")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
     p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
     p.add_argument("--resume", default=None, metavar="PATH",
@@ -138,6 +142,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="write the evaluated embeddings and labels to <save-dir>/embeddings.pt")
     p.add_argument("--save-retrievals", type=bounded_int(0), default=0, metavar="N",
                    help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
+    p.add_argument("--worst", action="store_true",
+                   help="with --save-retrievals: the N queries of lowest average precision (AP@R), worst first")
     p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
     p.add_argument("--tensorboard", action="store_true",
                    help="write TensorBoard logs to <save-dir>/tb (pip install tensorboard)")
@@ -334,21 +340,32 @@ def print_table(results: dict[str, float]) -> None:
                     + [f"{name:<{width}}  {value:9.4f}" for name, value in results.items()]))
 
 
+def eval_metrics(args: argparse.Namespace) -> list[str]:
+    """The metrics each test evaluation computes: --metrics, and "per_class" with --per-class."""
+    return list(args.metrics) + (["per_class"] if args.per_class else [])
+
+
 def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_dir: Path) -> None:
-    """The optional outputs of an evaluation: embeddings file and retrieval grid."""
-    if not (args.save_embeddings or args.save_retrievals):
+    """The optional outputs of an evaluation: embeddings file, per-class metrics and retrieval grid."""
+    if not (args.save_embeddings or args.save_retrievals or args.per_class):
         return
     save_dir.mkdir(parents=True, exist_ok=True)
     if args.save_embeddings:
         save_atomic({name: {"embeddings": e.cpu(), "labels": l.cpu()} for name, (e, l) in embedded.items()},
                     save_dir / "embeddings.pt")
         print(f"Embeddings written to {save_dir / 'embeddings.pt'}")
+    query_name = "query" if "query" in embedded else "test"
+    gallery_name = "gallery" if "gallery" in embedded else "test"
+    if args.per_class:
+        gallery = (None, None) if gallery_name == query_name else embedded[gallery_name]
+        write_text_atomic(save_dir / "per_class.csv", per_class_csv(*embedded[query_name], *gallery, args.recall,
+                                                                    "map_r" in args.metrics))
+        print(f"Per-class metrics written to {save_dir / 'per_class.csv'}")
     if args.save_retrievals:
-        query_name = "query" if "query" in embedded else "test"
-        gallery_name = "gallery" if "gallery" in embedded else "test"
         path = save_retrieval_grid(embedded[query_name], eval_sets[query_name].samples, embedded[gallery_name],
                                    eval_sets[gallery_name].samples, args.save_retrievals,
-                                   save_dir / "retrievals.png", exclude_self=query_name == gallery_name)
+                                   save_dir / "retrievals.png", exclude_self=query_name == gallery_name,
+                                   worst=args.worst)
         print(f"Retrieval grid written to {path}")
 
 
@@ -412,9 +429,10 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
     _, eval_sets, _, eval_loaders = build_data(args, device, ctx)
     embedded: dict = {}
     normalize = device_normalization(args.backbone)
-    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx, normalize=normalize)
+    results = evaluate(model, eval_loaders, args.recall, 0, eval_metrics(args), keep=embedded, ctx=ctx,
+                       normalize=normalize)
     print_table(results)
-    if ctx.is_main and (args.save_embeddings or args.save_retrievals):
+    if ctx.is_main and (args.save_embeddings or args.save_retrievals or args.per_class):
         with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
             finish_eval(args, embedded, eval_sets, save_dir)
     return results
@@ -491,7 +509,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         key, history = resumed["key"], resumed["history"]
         print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
-        results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx,
+        results = evaluate(model, eval_loaders, args.recall, 0, eval_metrics(args), keep=embedded, ctx=ctx,
                            normalize=normalize)
         start, best, best_epoch, history = 1, results[key], 0, []
         checkpoint(0, results, best, best_epoch, history)
@@ -509,8 +527,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
             val = {}
             if evaluated:
-                results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx,
-                                   normalize=normalize)
+                results = evaluate(model, eval_loaders, args.recall, epoch, eval_metrics(args), keep=embedded,
+                                   ctx=ctx, normalize=normalize)
                 val = (evaluate(model, val_loaders, args.recall, epoch, ctx=ctx, normalize=normalize)
                        if val_loaders else {})
                 if results[key] > best:

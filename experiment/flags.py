@@ -78,6 +78,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
             and Path(args.save_dir).resolve() != resume_dir(args.resume).resolve()):
         parser.error(f"--resume writes into the run it continues ({resume_dir(args.resume)}); "
                      f"drop --save-dir {args.save_dir}")
+    if args.worst and not args.save_retrievals:
+        parser.error("--worst chooses the queries of --save-retrievals N; add --save-retrievals N")
     args.recall = sorted(set(args.recall))
     if args.image_size is None and not is_timm(args.backbone):
         args.image_size = DEFAULT_IMAGE_SIZE

@@ -5,6 +5,7 @@ in faiss; the embeddings are continuous random data, so no two distances tie and
 """
 import csv
 import io
+import json
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from metric.per_class import per_class_csv
 from metric.retrieval import per_query_metrics, retrieval_metrics
+from minidata import make_cub
+from small_run import SMALL, run_main
 
 KS = [1, 2, 4]
 
@@ -109,3 +112,37 @@ def test_per_class_csv_without_map_r_has_recall_columns_only():
     emb, labels = _uneven(5, 5)
     header = per_class_csv(emb, labels, None, None, [1, 10], map_r=False).splitlines()[0]
     assert header == "label,queries,Recall@1,Recall@10"
+
+
+@pytest.fixture(scope="module")
+def cub_root(tmp_path_factory):
+    return make_cub(tmp_path_factory.mktemp("data"), classes=6, per_class=5)
+
+
+def test_training_run_writes_per_class_csv_of_its_last_evaluation(cub_root, tmp_path, capsys):
+    save = tmp_path / "run"
+    results = run_main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "2", "--recall", "1",
+                                "2", "--metrics", "recall", "map_r", "--per-class", "--save-embeddings"])
+    assert {"class-avg Recall@1", "class-avg Recall@2", "class-avg MAP@R"} <= set(results)
+    assert "class-avg MAP@R: [" in capsys.readouterr().out
+    last = json.loads((save / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == 2 and last["class-avg Recall@1"] == results["class-avg Recall@1"]
+    test = torch.load(save / "embeddings.pt", weights_only=True)["test"]  # the last evaluation's embeddings
+    text = (save / "per_class.csv").read_text()
+    assert text == per_class_csv(test["embeddings"], test["labels"], None, None, [1, 2], map_r=True)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 3 and sum(int(r["queries"]) for r in rows) == 15  # the 3 test classes of 5 images
+    assert sum(float(r["Recall@1"]) for r in rows) / 3 == pytest.approx(results["class-avg Recall@1"], abs=1e-3)
+
+
+def test_eval_mode_writes_per_class_csv_in_save_dir(cub_root, tmp_path):
+    """--mode eval with the default backbone (BN-Inception at 64 px): per_class.csv lands in --save-dir."""
+    out = tmp_path / "eval"
+    results = run_main(["--mode", "eval", "--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers",
+                        "0", "--eval-batch", "16", "--data", str(cub_root), "--save-dir", str(out), "--recall", "1",
+                        "4", "--per-class"])
+    rows = list(csv.DictReader(io.StringIO((out / "per_class.csv").read_text())))
+    assert list(rows[0]) == ["label", "queries", "Recall@1", "Recall@4"]
+    assert sum(float(r["Recall@4"]) for r in rows) / len(rows) == pytest.approx(results["class-avg Recall@4"],
+                                                                              abs=1e-3)
+    assert "class-avg MAP@R" not in results  # map_r was not asked for
