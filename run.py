@@ -39,7 +39,7 @@ from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
-from metric.nmi import nmi
+from metric.nmi import clustering_metrics
 from metric.per_class import per_class_csv
 from metric.retrieval import retrieval_metrics
 from model import BACKBONES, build_model
@@ -48,7 +48,7 @@ from model.checkpoint import load_model_weights, save_atomic
 from tools.plot import plot_run, save_embedding_sample
 from tools.retrievals import save_retrieval_grid
 
-METRICS = ("recall", "map_r", "nmi")
+METRICS = ("recall", "map_r", "nmi", "ami")
 
 
 class NonFiniteLoss(UserError):
@@ -129,7 +129,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=bounded_int(1), default=1, metavar="N",
                    help="evaluate every N epochs and always after the last (default 1, the authors' schedule)")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
-                   help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
+                   help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi and ami (NMI and adjusted "
+                        "mutual information of one k-means clustering)")
     p.add_argument("--per-class", action="store_true",
                    help="also report 'class-avg Recall@K' (and 'class-avg MAP@R' with map_r), the mean over "
                         "classes of each class's mean, and write per_class.csv for the last evaluation")
@@ -273,8 +274,8 @@ def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable
         emb, labels = embedded["test"]
         results = retrieval_metrics(emb, labels, None, None, ks, ("recall", *metrics))
         clusters = (emb, labels)
-    if "nmi" in metrics:
-        results["NMI"] = nmi(*clusters)
+    if {"nmi", "ami"} & set(metrics):
+        results.update(clustering_metrics(*clusters, metrics))
     for k in ks:
         print("[Epoch %d] Recall@%d: [%.4f]\n" % (epoch, k, results[f"Recall@{k}"]))
     for name, value in results.items():

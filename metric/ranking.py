@@ -46,7 +46,7 @@ _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not ex
 
 
 @contextmanager
-def _cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
+def cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
     """Run the enclosed CPU ops on ``threads`` threads, then restore the count.
 
     The passes over a tile's rows are a few milliseconds each; split over
@@ -371,7 +371,7 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
                            tile_shape(len(query), len(gallery), memory_budget), threads, pool)
         blocks = (_self_blocks if exclude_self else _gallery_blocks)(problem)
         while True:
-            with _cpu_threads(device, 1), _ieee_products(device):  # the work between yields, not the caller's
+            with cpu_threads(device, 1), _ieee_products(device):  # the work between yields, not the caller's
                 block = next(blocks, None)
             if block is None:
                 return

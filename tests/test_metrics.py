@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from metric.map_at_r import map_at_r, map_at_r_query_gallery
-import metric.nmi as nmi_module
-from metric.nmi import kmeans, nmi, normalized_mutual_info
+import metric.kmeans as kmeans_module
+from metric.kmeans import kmeans
+from metric.nmi import nmi, normalized_mutual_info
 from metric.ranking import memory_budget_for, tile_shape
 from metric.recall import recall_at_k, recall_at_k_query_gallery
 from metric.retrieval import retrieval_metrics
@@ -316,20 +317,34 @@ def test_seeding_draws_many_per_round_and_covers_duplicates():
     assert assign.shape == (300,) and len(torch.unique(assign[:100])) == 100
 
 
-def test_seeding_trials_equal_brute_force_reduction(monkeypatch):
-    """Each candidate's drop in the total squared distance, in cache-sized blocks, equals float64 brute force."""
-    monkeypatch.setattr(nmi_module, "_TRIAL_BLOCK_BYTES", 4 * 7 * 13)  # 13 rows of 7 candidates: several blocks
+def test_seeding_rounds_choose_as_sequential_greedy_kmeans_plus_plus(monkeypatch):
+    """A round's sparse pairs (in several blocks) give the choices of dense sequential greedy k-means++:
+    each group keeps the candidate lowering the total squared distance most given the choices before it."""
+    from metric.tile_scan import augment, squared_norms
+    monkeypatch.setattr(kmeans_module, "_TRIAL_BLOCK_BYTES", 4 * 12 * 13)  # 13 points per block
     g = torch.Generator().manual_seed(5)
     x = torch.randn(100, 4, generator=g)
-    candidates = x[torch.randperm(100, generator=g)[:7]]
+    x[7] = x[3]  # a duplicate point
+    candidates = torch.randperm(100, generator=g)[:12]  # 4 groups of 3 trials
     min_sq = 2 * torch.rand(100, generator=g)
-    sq = (x.double()[:, None] - candidates.double()[None]).pow(2).sum(2)
-    brute = (min_sq.double()[:, None] - sq).clamp(min=0).sum(0)
-    assert torch.allclose(nmi_module._reduction_with(x, candidates, min_sq), brute, rtol=1e-5, atol=1e-5)
+    claims = kmeans_module._claims(augment(x, squared_norms(x), "gallery"), x[candidates],
+                                   squared_norms(x[candidates]), min_sq)
+    ours_sq = min_sq.clone()
+    chosen = kmeans_module._greedy(claims, candidates, 3, ours_sq)
+    brute_sq, expected = min_sq.double(), []
+    dist = (x.double()[:, None] - x[candidates].double()[None]).pow(2).sum(2)  # (100, 12)
+    for group in range(4):
+        cols = dist[:, 3 * group:3 * group + 3]
+        best = int((brute_sq[:, None] - cols).clamp(min=0).sum(0).argmax())
+        expected.append(int(candidates[3 * group + best]))
+        brute_sq = torch.minimum(brute_sq, cols[:, best])
+        brute_sq[expected[-1]] = 0
+    assert chosen == expected
+    assert torch.allclose(ours_sq.double(), brute_sq, atol=1e-5)
 
 
-def test_kmeans_seeded_on_a_projection_is_deterministic_and_finds_the_clusters():
-    """Above 256 dimensions seeding sees a random projection: still the same clusters for a seed, close to the true ones."""
+def test_kmeans_in_high_dimension_is_deterministic_and_finds_the_clusters():
+    """Seeding and Lloyd on all 300 dimensions: the same clusters for a seed, close to the true ones."""
     g = torch.Generator().manual_seed(6)
     labels = torch.arange(20).repeat_interleave(6)
     x = 3 * torch.randn(20, 300, generator=g)[labels] + torch.randn(120, 300, generator=g)
