@@ -194,12 +194,13 @@ class Cars196(Benchmark):
     """
 
     folder = ROOTS[0]
+    title = "Cars-196"
     required = ("cars_annos.mat", "car_ims")
-    remotes = (
+    remotes = (  # the hosts went offline in 2023: a file the user placed is used, never replaced
         Remote("Cars196/car_ims.tgz", tuple(h + "car_ims.tgz" for h in _HOSTS), CARS_IMS_MD5,
-               provides="Cars196/car_ims", extract_to="Cars196"),
+               provides="Cars196/car_ims", extract_to="Cars196", by_hand=True),
         Remote("Cars196/cars_annos.mat", tuple(h + "cars_annos.mat" for h in _HOSTS), CARS_ANNOS_MD5,
-               provides="Cars196/cars_annos.mat", extract_to=None),
+               provides="Cars196/cars_annos.mat", extract_to=None, by_hand=True),
     )
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,

@@ -13,10 +13,11 @@ class InShop(Benchmark):
     """
 
     folder = "Inshop"
+    title = "In-Shop"
     required = ("list_eval_partition.txt", "img")
     splits = ("train", "query", "gallery")
     listing = "list_eval_partition.txt"
-    remotes = (Remote("Inshop/img.zip", (), None, provides="Inshop/img", extract_to="Inshop"),)
+    remotes = (Remote("Inshop/img.zip", (), None, provides="Inshop/img", extract_to="Inshop", page=IMG_FOLDER),)
 
     def how_to_get(self) -> str:
         return (f"In-Shop must be downloaded by hand: put img.zip (from {IMG_FOLDER}) and "

@@ -11,6 +11,7 @@ class StanfordOnlineProducts(Benchmark):
     """Rows ``image_id class_id super_class_id path`` after a header; label = class_id - 1."""
 
     folder = "Stanford_Online_Products"
+    title = "Stanford Online Products"
     required = ("Ebay_train.txt", "Ebay_test.txt")
     listing = "Ebay_{split}.txt"
     remotes = (Remote("Stanford_Online_Products.zip", SOP_URLS, SOP_MD5,

@@ -1,4 +1,5 @@
 """Cars-196 in the original, torchvision/Kaggle and class-folder layouts: same images, same labels, same split."""
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -168,3 +169,18 @@ def test_original_layout_wins_and_only_it_is_downloaded(tmp_path, monkeypatch):
     make_cars(tmp_path, classes=2, per_class=1)
     shutil.rmtree(tmp_path / "stanford_cars" / "cars_test")  # a partial copy beside a complete original
     assert Cars196(tmp_path, "test").samples == [(str(tmp_path / "Cars196" / "car_ims" / "000002.jpg"), 98)]
+
+
+def test_car_ims_placed_by_hand_is_used_with_a_warning_when_downloads_are_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Cars196, "remotes", tuple(dataclasses.replace(r, urls=("http://127.0.0.1:9/gone",))
+                                                  for r in Cars196.remotes))
+    src = make_cars(tmp_path / "src")
+    base = tmp_path / "data" / "Cars196"
+    base.mkdir(parents=True)
+    tar_tree(src / "Cars196", base / "car_ims.tgz", "car_ims")
+    shutil.copy(src / "Cars196" / "cars_annos.mat", base)
+    assert len(Cars196(tmp_path / "data", "train", download=True)) == 12
+    out = capsys.readouterr().out
+    assert f"[Warning] {base / 'car_ims.tgz'} has md5 " in out
+    assert "not the published d5c8f0aa497503f355e17dc7886c3f14" in out
+    assert (base / "car_ims.tgz").is_file() and not list(base.glob("*.bad*"))
