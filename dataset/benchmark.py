@@ -1,5 +1,6 @@
 """A benchmark on disk: where its files live, how to fetch them, and how to read its splits."""
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,6 +10,9 @@ from dataset.download import download, extract_archive, file_md5, refuse_folder
 from dataset.image_list import ImageList, check_files_exist
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+INT64_MAX = 2 ** 63 - 1  # labels become int64 tensors
+RESTORE_LISTING = "restore the file from the dataset's original files"
+_DIGITS = re.compile(r"[0-9]+")
 
 # What each benchmark archive holds, in bytes: the total size its members declare, rounded up (the images are
 # JPEGs, which the archives do not compress, so each is a little over the archive's own size). An archive under
@@ -197,15 +201,35 @@ def folder_samples(class_dirs: Sequence[Path], first_label: int) -> list[tuple[s
     return [(str(p), first_label + offset) for offset, class_dir in enumerate(class_dirs) for p in _images(class_dir)]
 
 
-def read_rows(path: Path, skip: int, columns: int) -> list[list[str]]:
-    """Whitespace-separated rows of a text index after ``skip`` header lines, each with ``columns`` fields."""
+def numbered_rows(path: Path, skip: int, columns: int) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line of the UTF-8 text index ``path`` after ``skip`` header
+    lines, each with ``columns`` whitespace-separated fields; anything else names the file and the line."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); {RESTORE_LISTING}") from exc
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if number <= skip or not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != columns:
-                raise UserError(f"{path}, line {number}: expected {columns} fields, found {len(fields)}: {line.strip()!r}")
-            rows.append(fields)
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}, line {number}: expected UTF-8 text, found byte 0x{raw[exc.start]:02x} at "
+                            f"column {exc.start + 1}; {RESTORE_LISTING}") from exc
+        if number <= skip or not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != columns:
+            raise UserError(f"{path}, line {number}: expected {columns} fields, found {len(fields)}: "
+                            f"{line.strip()!r}; {RESTORE_LISTING}")
+        rows.append((number, fields))
     return rows
+
+
+def id_number(path: Path, number: int, value: str, expected: str, prefix: str = "", low: int = 0) -> int:
+    """The integer that ``value`` (field of line ``number`` of ``path``) writes as ``prefix`` and decimal
+    digits, from ``low`` to ``INT64_MAX``; anything else is an error naming the file, the line and
+    ``expected``."""
+    digits = value[len(prefix):] if value.startswith(prefix) else ""
+    if _DIGITS.fullmatch(digits) and low <= int(digits) <= INT64_MAX:
+        return int(digits)
+    raise UserError(f"{path}, line {number}: expected {expected}, found {value!r}; {RESTORE_LISTING}")

@@ -1,5 +1,5 @@
 """Stanford Online Products: Ebay_train.txt and Ebay_test.txt."""
-from dataset.benchmark import Benchmark, Remote, read_rows
+from dataset.benchmark import Benchmark, Remote, id_number, numbered_rows
 
 SOP_URLS = ("http://ftp.cs.stanford.edu/cs/cvgl/Stanford_Online_Products.zip",
             "https://drive.usercontent.google.com/download?id=1TclrpQOF_ullUP99wk_gjGN8pKvtErG8"
@@ -18,5 +18,6 @@ class StanfordOnlineProducts(Benchmark):
                       provides="Stanford_Online_Products/Ebay_test.txt"),)
 
     def read_split(self, split: str) -> list[tuple[str, int]]:
-        rows = read_rows(self.base / f"Ebay_{split}.txt", skip=1, columns=4)
-        return [(str(self.base / path), int(class_id) - 1) for _, class_id, _, path in rows]
+        listing = self.base / f"Ebay_{split}.txt"
+        return [(str(self.base / path), id_number(listing, number, class_id, "a class id of 1 or more", low=1) - 1)
+                for number, (_, class_id, _, path) in numbered_rows(listing, skip=1, columns=4)]

@@ -23,7 +23,7 @@ from dataset.image_list import ImageList
 from dataset.transforms import build_transforms
 from errors import UserError
 from http_server import serve
-from minidata import make_cub, make_folder, make_sop, tar_tree, write, zip_tree
+from minidata import make_cub, make_folder, make_inshop, make_sop, tar_tree, write, zip_tree
 
 _, TEST_TF = build_transforms("resnet18", 64)  # Resize((73, 73)), then a center crop
 
@@ -422,3 +422,54 @@ def test_inshop_img_zip_that_is_no_zip_file_is_one_line_naming_its_source(tmp_pa
     archive = tmp_path / "Inshop" / "img.zip"
     assert err.endswith("; In-Shop's img.zip comes from https://drive.google.com/drive/folders/"
                         f"0B7EVK8r0v71pYkd5TzBiclMzR00: download it there and put it at {archive}")
+
+
+# --- issue 22 item 16: malformed split files ------------------------------------------------------------
+
+def _replace_line(path: Path, number: int, line: bytes) -> None:
+    lines = path.read_bytes().splitlines()
+    lines[number - 1] = line
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+ITEM_ID = "an item id id_<digits> up to 9223372036854775807"
+IMAGE = b"img/WOMEN/Dresses/id_00000002/01_1_front.jpg"
+
+
+@pytest.mark.parametrize("line, expected, found", [
+    (IMAGE + b" id_abc train", ITEM_ID, "'id_abc'"),
+    (IMAGE + b" 00000002 train", ITEM_ID, "'00000002'"),
+    (IMAGE + b" id_-2 train", ITEM_ID, "'id_-2'"),
+    (IMAGE + b" id_18446744073709551616 train", ITEM_ID, "'id_18446744073709551616'"),  # 2**64
+    (IMAGE + b" id_00000002 validation", "an evaluation status train, query, gallery", "'validation'"),
+])
+def test_malformed_inshop_partition_line_is_named(tmp_path, line, expected, found):
+    make_inshop(tmp_path)
+    listing = tmp_path / "Inshop" / "list_eval_partition.txt"
+    _replace_line(listing, 8, line)
+    for split in ("train", "gallery"):  # whichever split is read, the whole file is checked
+        with pytest.raises(UserError) as exc:
+            InShop(tmp_path, split)
+        assert str(exc.value) == (f"{listing}, line 8: expected {expected}, found {found}; "
+                                  "restore the file from the dataset's original files")
+
+
+def test_non_utf8_byte_in_a_split_file_is_named(tmp_path):
+    make_inshop(tmp_path)
+    listing = tmp_path / "Inshop" / "list_eval_partition.txt"
+    _replace_line(listing, 4, b"img/WOMEN/Dresses/\xff/00_1_front.jpg id_00000001 train")
+    with pytest.raises(UserError) as exc:
+        InShop(tmp_path, "train")
+    assert str(exc.value) == (f"{listing}, line 4: expected UTF-8 text, found byte 0xff at column 19; "
+                              "restore the file from the dataset's original files")
+
+
+@pytest.mark.parametrize("class_id", ["x1", "0", "-3", "1.0", str(2 ** 63 + 1)])
+def test_malformed_sop_class_id_is_named(tmp_path, class_id):
+    make_sop(tmp_path)
+    listing = tmp_path / "Stanford_Online_Products" / "Ebay_train.txt"
+    _replace_line(listing, 3, f"2 {class_id} 1 bicycle_final/1_1.JPG".encode())
+    with pytest.raises(UserError) as exc:
+        StanfordOnlineProducts(tmp_path, "train")
+    assert str(exc.value) == (f"{listing}, line 3: expected a class id of 1 or more, found {class_id!r}; "
+                              "restore the file from the dataset's original files")
