@@ -1,4 +1,6 @@
 """In-Shop Clothes Retrieval: train, and query -> gallery evaluation."""
+from pathlib import Path
+
 from dataset.benchmark import Benchmark, Remote, read_rows
 
 IMG_FOLDER = "https://drive.google.com/drive/folders/0B7EVK8r0v71pYkd5TzBiclMzR00"
@@ -21,6 +23,10 @@ class InShop(Benchmark):
     def how_to_get(self) -> str:
         return (f"In-Shop must be downloaded by hand: put img.zip (from {IMG_FOLDER}) and "
                 f"list_eval_partition.txt (from {LIST_FOLDER}) into {self.base}; img.zip is extracted for you")
+
+    @classmethod
+    def evaluation_splits(cls, root: str | Path) -> tuple[str, ...]:
+        return ("query", "gallery")
 
     @property
     def class_order(self) -> list[int]:
