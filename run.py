@@ -77,7 +77,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--load", default=None, help="model weights to start from or evaluate (authors' .pth files work)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=dataset,
                    help="benchmark; 'stanford' and 'sop' are Stanford Online Products, 'folder' your own "
-                        "--data DIR with one sub-folder per class")
+                        "--data DIR with one sub-folder per class (or train/, test/ split folders), 'csv' your "
+                        "--data FILE.csv manifest of path,label,split rows (docs/own-data.md)")
     p.add_argument("--backbone", choices=BACKBONES, default="bninception")
     p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings (Triplet+L2Norm)")
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
@@ -106,7 +107,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                         "or by the smallest K when 1 is not among them")
     p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=1,
                    help="seed of python, torch and the batch sampler")
-    p.add_argument("--data", default="./dataset/", help="data root (for --dataset folder: the image folder)")
+    p.add_argument("--data", default="./dataset/",
+                   help="data root (for --dataset folder: the image folder; for csv: the manifest)")
     p.add_argument("--save-dir", default=None,
                    help=f"where best.pth, last.pth, result.txt and logs go (default {DEFAULT_SAVE_DIR}, or the "
                         f"next free {DEFAULT_SAVE_DIR}_N when it holds another run)")
@@ -131,7 +133,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
-    p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
+    p.add_argument("--train-classes", type=int, default=None,
+                   help="--dataset folder of class folders: the first N classes by name train (default half)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue a run, in its own folder, from its checkpoint.pth or that folder; the flags "
                         "that define the run must be the same, --epochs may grow")

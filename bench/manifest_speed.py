@@ -10,6 +10,7 @@ baseline, in alternating rounds. Prints the seconds, rows per second and the rat
 """
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -68,6 +69,11 @@ def summary(name: str, rounds: list[tuple[float, float]], rows: int) -> tuple[fl
     return wall, cpu
 
 
+def peak_gib() -> float:
+    """The process's peak resident memory so far, GiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -83,6 +89,7 @@ def main() -> None:
         print(f"generated {args.rows:,} rows in {args.folders:,} folders ({path.stat().st_size / 2**20:.0f} MiB "
               f"CSV) in {time.perf_counter() - start:.1f} s", flush=True)
         listing, baseline = [], []
+        before = peak_gib()
         listed_check = manifest._check_images
         for _ in range(args.rounds):
             manifest._check_images = listed_check
@@ -92,7 +99,8 @@ def main() -> None:
         manifest._check_images = listed_check
         best = summary("parse + checks, one listing per folder", listing, args.rows)
         base = summary("parse + checks, one stat per image (baseline)", baseline, args.rows)
-        print(f"baseline / listing: {base[0] / best[0]:.2f}x wall, {base[1] / best[1]:.2f}x CPU; load "
+        print(f"baseline / listing: {base[0] / best[0]:.2f}x wall, {base[1] / best[1]:.2f}x CPU; peak resident "
+              f"memory {peak_gib():.2f} GiB ({before:.2f} GiB before parsing); load "
               f"{' '.join(open('/proc/loadavg').read().split()[:3])} on {os.cpu_count()} CPUs")
     finally:
         shutil.rmtree(root)

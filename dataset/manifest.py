@@ -308,20 +308,19 @@ def _check_queries(table: Table, problems: _Problems) -> None:
 def _warn(path: Path, table: Table) -> None:
     """Print what is allowed but likely a mistake: labels shared across splits, single-image training classes,
     test rows that take no part in the evaluation."""
-    labels = {split: {label for label, s in zip(table.labels, table.splits) if s == split} for split in SPLITS}
+    per_split = Counter(zip(table.splits, table.labels))  # (split, label) -> images
+    labels = {split: {label for s, label in per_split if s == split} for split in SPLITS}
     for other in ("test", "val"):
         shared = len(labels["train"] & labels[other])
         if shared:
             print(f"[Warning] {path}: {shared} label(s) appear in both train and {other}; metric-learning "
                   f"benchmarks are class-disjoint, and classes seen in training inflate Recall@K: make the "
                   f"splits class-disjoint for numbers comparable to published ones")
-    train_counts = Counter(label for label, split in zip(table.labels, table.splits) if split == "train")
-    single = sum(count == 1 for count in train_counts.values())
+    single = sum(count == 1 for (split, _), count in per_split.items() if split == "train")
     if single:
         print(f"[Warning] {path}: {single} training class(es) have a single image; they can never form a "
               "positive pair: add images of them or move them out of train")
-    unused = sum(split == "test" and not (q or g) for split, q, g in zip(table.splits, table.is_query,
-                                                                           table.is_gallery))
+    unused = Counter(zip(table.splits, table.is_query, table.is_gallery))["test", False, False]
     if unused:
         print(f"[Warning] {path}: {unused} test row(s) are neither query nor gallery and are not evaluated")
 
