@@ -62,3 +62,10 @@ def test_own_indices_must_match_the_queries():
     emb, labels = _rows(5, 0)
     with pytest.raises(UserError, match="5 queries but 4 own-item indices"):
         retrieval_metrics(emb, labels, emb, labels, [1], own=torch.arange(4))
+
+
+def test_the_retrieval_grid_never_shows_a_query_its_own_image():
+    from tools.retrievals import nearest
+    gallery = torch.tensor([[0.0], [1.0], [5.0]])
+    query = gallery[[0, 2]].clone()  # the first is gallery item 0 itself, the second only looks like item 2
+    assert nearest(query, gallery, 1, torch.tensor([0, -1])).tolist() == [[1], [2]]
