@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import DATASETS
+from dataset.image_list import own_positions
 from dataset.sampler import PKSampler, SeededShards
 from dataset.transforms import DeviceNormalize, build_transforms, device_normalization
 from errors import UserError
@@ -76,7 +77,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--load", default=None, help="model weights to start from or evaluate (authors' .pth files work)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=dataset,
                    help="benchmark; 'stanford' and 'sop' are Stanford Online Products, 'folder' your own "
-                        "--data DIR with one sub-folder per class")
+                        "--data DIR with one sub-folder per class (or train/, test/ split folders), 'csv' your "
+                        "--data FILE.csv manifest of path,label,split rows (docs/own-data.md)")
     p.add_argument("--backbone", choices=BACKBONES, default="bninception")
     p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings (Triplet+L2Norm)")
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
@@ -105,7 +107,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                         "or by the smallest K when 1 is not among them")
     p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=1,
                    help="seed of python, torch and the batch sampler")
-    p.add_argument("--data", default="./dataset/", help="data root (for --dataset folder: the image folder)")
+    p.add_argument("--data", default="./dataset/",
+                   help="data root (for --dataset folder: the image folder; for csv: the manifest)")
     p.add_argument("--save-dir", default=None,
                    help=f"where best.pth, last.pth, result.txt and logs go (default {DEFAULT_SAVE_DIR}, or the "
                         f"next free {DEFAULT_SAVE_DIR}_N when it holds another run)")
@@ -130,7 +133,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
                    help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi (k-means NMI)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
-    p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
+    p.add_argument("--train-classes", type=int, default=None,
+                   help="--dataset folder of class folders: the first N classes by name train (default half)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue a run, in its own folder, from its checkpoint.pth or that folder; the flags "
                         "that define the run must be the same, --epochs may grow")
@@ -243,10 +247,12 @@ def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
              metrics: Iterable[str] = ("recall",), keep: dict | None = None,
-             ctx: Context = Context(), normalize: DeviceNormalize | None = None) -> dict[str, float]:
+             ctx: Context = Context(), normalize: DeviceNormalize | None = None,
+             own: torch.Tensor | None = None) -> dict[str, float]:
     """Recall@K (percent) and the other requested metrics on the test split, or query -> gallery.
 
-    ``loaders`` holds "test", or "query" and "gallery". Returns {"Recall@K": ..., "MAP@R": ...}.
+    ``loaders`` holds "test", or "query" and "gallery"; ``own`` (Q,) is the gallery index of each query's own
+    image, -1 for none (``own_positions``). Returns {"Recall@K": ..., "MAP@R": ...}.
     ``keep``, if given, receives {split: (embeddings, labels)}. Under torchrun
     every rank embeds its shard, and rank 0 computes the metrics for all.
     """
@@ -254,14 +260,16 @@ def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], ep
                 for name, loader in loaders.items()}
     if keep is not None:
         keep.update(embedded)
-    return distributed.on_main(ctx, lambda: compute_metrics(embedded, ks, epoch, metrics))
+    return distributed.on_main(ctx, lambda: compute_metrics(embedded, ks, epoch, metrics, own))
 
 
-def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable[str]) -> dict[str, float]:
-    """The metrics of {split: ((N, D) embeddings, (N,) labels)}, printed; percent."""
+def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable[str],
+                    own: torch.Tensor | None = None) -> dict[str, float]:
+    """The metrics of {split: ((N, D) embeddings, (N,) labels)}, printed; percent. A query never retrieves
+    its ``own`` gallery item."""
     if "query" in embedded:
         (query, q_labels), (gallery, g_labels) = embedded["query"], embedded["gallery"]
-        results = retrieval_metrics(query, q_labels, gallery, g_labels, ks, ("recall", *metrics))
+        results = retrieval_metrics(query, q_labels, gallery, g_labels, ks, ("recall", *metrics), own=own)
         clusters = (query, q_labels)
     else:
         emb, labels = embedded["test"]
@@ -278,19 +286,21 @@ def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable
 
 
 def build_datasets(args: argparse.Namespace) -> tuple:
-    """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms, ending in
-    uint8 tensors that ``device_normalization`` finishes on the device."""
+    """(train set, {"test": ...} or {"query": ..., "gallery": ...}, as the dataset says, and "val" when training
+    validates) with the authors' transforms, ending in uint8 tensors that ``device_normalization`` finishes on
+    the device."""
     train_tf, test_tf = build_transforms(args.backbone, args.image_size, uint8=True)
     cls = DATASETS[args.dataset]
     kwargs = {"download": args.download, "cache_dir": args.cache_dir, "cache_workers": args.workers}
-    if args.dataset == "folder":
+    if args.dataset in ("folder", "csv"):
         kwargs["train_classes"] = args.train_classes
-    eval_splits = ("query", "gallery") if args.dataset == "inshop" else ("test",)
+    eval_splits = cls.evaluation_splits(args.data)
     train = cls(args.data, split="train", transform=train_tf, **kwargs) if args.mode == "train" else None
-    evals = {s: cls(args.data, split=s, transform=test_tf, **kwargs) for s in eval_splits}
+    evals = {s: cls(args.data, split=s, transform=test_tf, **kwargs) for s in eval_splits if s != "val"}
     if train is not None:
+        own_val = cls(args.data, split="val", transform=test_tf, **kwargs) if "val" in eval_splits else None
         train, val = split_validation(args, train, lambda: cls(args.data, split="train", transform=test_tf,
-                                                                **{**kwargs, "cache_dir": None}))
+                                                                **{**kwargs, "cache_dir": None}), own_val)
         evals.update({"val": val} if val is not None else {})
     return train, evals
 
@@ -348,7 +358,8 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
         gallery_name = "gallery" if "gallery" in embedded else "test"
         path = save_retrieval_grid(embedded[query_name], eval_sets[query_name].samples, embedded[gallery_name],
                                    eval_sets[gallery_name].samples, args.save_retrievals,
-                                   save_dir / "retrievals.png", exclude_self=query_name == gallery_name)
+                                   save_dir / "retrievals.png", exclude_self=query_name == gallery_name,
+                                   own=own_positions(eval_sets))
         print(f"Retrieval grid written to {path}")
 
 
@@ -412,7 +423,8 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
     _, eval_sets, _, eval_loaders = build_data(args, device, ctx)
     embedded: dict = {}
     normalize = device_normalization(args.backbone)
-    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx, normalize=normalize)
+    results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx, normalize=normalize,
+                       own=own_positions(eval_sets))
     print_table(results)
     if ctx.is_main and (args.save_embeddings or args.save_retrievals):
         with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
@@ -467,6 +479,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard and ctx.is_main else None
     embedded: dict = {}
     normalize = device_normalization(args.backbone)
+    own = own_positions(eval_sets)
 
     def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> None:
         state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "loss": criterion.state_dict(),
@@ -492,7 +505,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
         results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx,
-                           normalize=normalize)
+                           normalize=normalize, own=own)
         start, best, best_epoch, history = 1, results[key], 0, []
         checkpoint(0, results, best, best_epoch, history)
 
@@ -510,7 +523,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             val = {}
             if evaluated:
                 results = evaluate(model, eval_loaders, args.recall, epoch, args.metrics, keep=embedded, ctx=ctx,
-                                   normalize=normalize)
+                                   normalize=normalize, own=own)
                 val = (evaluate(model, val_loaders, args.recall, epoch, ctx=ctx, normalize=normalize)
                        if val_loaders else {})
                 if results[key] > best:

@@ -1,4 +1,6 @@
 """In-Shop Clothes Retrieval: train, and query -> gallery evaluation."""
+from pathlib import Path
+
 from dataset.benchmark import INT64_MAX, RESTORE_LISTING, Benchmark, Remote, id_number, numbered_rows
 from errors import UserError
 
@@ -23,6 +25,10 @@ class InShop(Benchmark):
     def how_to_get(self) -> str:
         return (f"In-Shop must be downloaded by hand: put img.zip (from {IMG_FOLDER}) and "
                 f"list_eval_partition.txt (from {LIST_FOLDER}) into {self.base}; img.zip is extracted for you")
+
+    @classmethod
+    def evaluation_splits(cls, root: str | Path) -> tuple[str, ...]:
+        return ("query", "gallery")
 
     @property
     def class_order(self) -> list[int]:

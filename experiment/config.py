@@ -9,7 +9,8 @@ import PIL
 import torch
 import torchvision
 
-from experiment.guards import CANONICAL, PAPER_NEEDS_IMAGENET, check_data, split_counts, weights_record
+from experiment.guards import (CANONICAL, PAPER_NEEDS_IMAGENET, check_data, sha256_file, split_counts,
+                               weights_record)
 from experiment.resume import run_flags
 from experiment.run_dir import write_text_atomic
 from model import imagenet_weights_file
@@ -45,10 +46,12 @@ def device_record(device: torch.device) -> dict:
 def run_config(args: argparse.Namespace, device: torch.device, counts: dict[str, int],
                data_warnings: list[str]) -> dict:
     """The config.json record of a run."""
+    data = {"dataset": args.dataset, "root": str(Path(args.data).resolve()), "counts": counts,
+            "canonical": CANONICAL.get(args.dataset), "warnings": data_warnings}
+    if Path(args.data).is_file():  # a manifest: what it lists is the data
+        data["sha256"] = sha256_file(Path(args.data))
     return {"flags": run_flags(args), "seed": args.seed, "versions": versions(), "git": git_commit(),
-            "device": device_record(device),
-            "data": {"dataset": args.dataset, "root": str(Path(args.data).resolve()), "counts": counts,
-                     "canonical": CANONICAL.get(args.dataset), "warnings": data_warnings},
+            "device": device_record(device), "data": data,
             "weights": weights_record(imagenet_weights_file(args.backbone, args.pretrained))}
 
 
@@ -59,7 +62,7 @@ def record_run(args: argparse.Namespace, device: torch.device, save_dir: Path, s
     --strict-data raises before training; --no-pretrained on a benchmark says
     that the paper's numbers need ImageNet weights.
     """
-    counts = split_counts(splits)
+    counts = split_counts(splits, val_held_out=args.val_classes is not None or args.val_fraction is not None)
     warnings = check_data(args.dataset, args.data, counts, args.strict_data)
     if not args.pretrained and args.dataset in CANONICAL:
         print(f"[Warning] {PAPER_NEEDS_IMAGENET}")

@@ -22,17 +22,18 @@ PAPER_NEEDS_IMAGENET = ("--no-pretrained: the backbone starts from random weight
                         "ImageNet weights, so this run is not comparable to them")
 
 
-def split_counts(splits: dict) -> dict[str, int]:
+def split_counts(splits: dict, val_held_out: bool = True) -> dict[str, int]:
     """Images and classes of each split ({name: dataset with .labels}); query and gallery classes together.
 
-    The train counts are of the whole train split: held-out validation classes ("val") are added back.
+    The train counts are of the whole train split: validation classes held out of it ("val" with
+    ``val_held_out``; a manifest's own val split is not) are added back.
     """
     counts: dict[str, int] = {}
     for name, dataset in splits.items():
         counts[f"{name} images"] = len(dataset.labels)
         if name not in ("query", "gallery"):
             counts[f"{name} classes"] = len(set(dataset.labels))
-    if "val" in splits and "train" in splits:
+    if val_held_out and "val" in splits and "train" in splits:
         counts["train images"] += counts["val images"]
         counts["train classes"] += counts["val classes"]
     if "query" in splits and "gallery" in splits:

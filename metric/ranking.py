@@ -211,6 +211,7 @@ class _Problem(NamedTuple):
     q_norm: torch.Tensor  # (Q,) float64 |q|
     g_norm: torch.Tensor  # () float64 largest |g|
     positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # _positive_table's (order, start, count)
+    own: torch.Tensor | None  # (Q,) int64 gallery index of each query's own item, -1 for none (separate gallery)
     width: int  # positives ranked per query (J)
     rank_limit: int
     tile: tuple[int, int]  # (rows, cols)
@@ -218,8 +219,11 @@ class _Problem(NamedTuple):
     pool: ThreadPoolExecutor
 
 
-def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """((b, P) gallery indices of the positives of queries lo..hi padded with -1, (b,) their number R)."""
+def _block_positives(p: _Problem, lo: int, hi: int, own: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((b, P) gallery indices of the positives of queries lo..hi padded with -1, (b,) their number R).
+
+    ``own`` (b,) is the gallery index of each query's own item (-1: none), which is not its positive.
+    """
     order, starts, counts = p.positives
     pos_count = counts[lo:hi]
     if not len(order):  # an empty gallery: nobody has a positive
@@ -227,10 +231,19 @@ def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple
     offsets = torch.arange(max(1, int(counts.max())), device=p.gallery.device)
     valid = offsets < pos_count[:, None]
     pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=len(order) - 1)], -1)
-    if exclude_self:
-        pos_idx = torch.where(pos_idx == torch.arange(lo, hi, device=p.gallery.device)[:, None], -1, pos_idx)
-        pos_count = pos_count - 1
+    if own is not None:
+        mine = (pos_idx == own[:, None]) & (own[:, None] >= 0)
+        pos_idx = torch.where(mine, -1, pos_idx)
+        pos_count = pos_count - mine.sum(dim=1)
     return pos_idx, pos_count
+
+
+def _hide_own(tile: torch.Tensor, own: torch.Tensor, c0: int) -> None:
+    """Set each row's entry of its own item (``own``: (rows,) gallery indices, -1 for none) to +inf in a
+    (rows, cols) tile of gallery columns c0.., so that no query retrieves itself."""
+    col = own - c0
+    inside = ((col >= 0) & (col < tile.shape[1])).nonzero().squeeze(1)
+    tile[inside, col[inside]] = float("inf")
 
 
 def _limit(pos_count: torch.Tensor, width: int, rank_limit: int) -> torch.Tensor:
@@ -269,7 +282,8 @@ def _gallery_blocks(p: _Problem) -> Iterator[Block]:
     rows_per_block, cols = p.tile
     for lo in range(0, len(p.query), rows_per_block):
         hi = min(lo + rows_per_block, len(p.query))
-        pos_idx, pos_count = _block_positives(p, lo, hi, exclude_self=False)
+        own = None if p.own is None else p.own[lo:hi]
+        pos_idx, pos_count = _block_positives(p, lo, hi, own)
         th = _thresholds(p.query[lo:hi], p.gallery, (p.q_norm[lo:hi], p.g_norm), pos_idx, p.width, p.pool)
         limit = _limit(pos_count, p.width, p.rank_limit)
         closer = torch.zeros(hi - lo, p.width, dtype=torch.int64, device=device)
@@ -283,6 +297,8 @@ def _gallery_blocks(p: _Problem) -> Iterator[Block]:
             query = p.query_aug[lo:hi] if everyone else p.query_aug[lo:hi][active]
             tile = buf[:len(active) * (c1 - c0)].view(len(active), c1 - c0)
             products(query, p.gallery_aug[c0:c1], tile)
+            if own is not None:
+                _hide_own(tile, own if everyone else own[active], c0)
             found = _scan_tile(p, tile, _subset(th, active), None, masks)
             closer[active] += found.counts
             pairs.append((active[found.pairs[0]], found.pairs[1] + c0, found.pairs[2]))
@@ -307,7 +323,7 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
     pos_counts, parts = [], []
     for lo in starts:  # every query's thresholds first: later blocks' columns meet earlier rows
         hi = min(lo + rows_per_block, n)
-        pos_idx, pos_count = _block_positives(p, lo, hi, exclude_self=True)
+        pos_idx, pos_count = _block_positives(p, lo, hi, torch.arange(lo, hi, device=device))
         pos_counts.append(pos_count)
         parts.append(_thresholds(p.query[lo:hi], p.gallery, (p.q_norm[lo:hi], p.g_norm), pos_idx, p.width, p.pool))
     th = Thresholds(*(torch.cat(x) for x in zip(*parts)))
@@ -344,11 +360,14 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
 
 def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
                    gallery_labels: torch.Tensor, exclude_self: bool, all_positives: bool, rank_limit: int = 0,
-                   memory_budget: int | None = None) -> Iterator[Block]:
+                   memory_budget: int | None = None, own: torch.Tensor | None = None) -> Iterator[Block]:
     """Yield the positive ranks of (Q, D) queries against (M, D) gallery items, block by block.
 
     With ``exclude_self`` the query set is the gallery (the same embeddings):
-    query i never retrieves item i and is not its own positive. Only the
+    query i never retrieves item i and is not its own positive. With a
+    separate gallery, ``own`` (Q,) int64 names each query's own item in it
+    (the same image, when a row is both query and gallery; -1 for none), which
+    likewise it never retrieves and is not its positive. Only the
     nearest positive is ranked (enough for Recall@K) unless ``all_positives``
     (MAP@R, R-Precision). A query's nearest positive is ranked exactly below
     ``max(rank_limit, R)`` (Recall@K needs K up to ``rank_limit``), its j-th
@@ -366,7 +385,8 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     threads = torch.get_num_threads()
     query_aug, gallery_aug, q_norm, g_norm = _centred_rows(query, gallery, exclude_self)
     with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        problem = _Problem(query, gallery, query_aug, gallery_aug, q_norm, g_norm, positives,
+        own = None if exclude_self or own is None else own.to(device).long()
+        problem = _Problem(query, gallery, query_aug, gallery_aug, q_norm, g_norm, positives, own,
                            max(1, most) if all_positives else 1, rank_limit,
                            tile_shape(len(query), len(gallery), memory_budget), threads, pool)
         blocks = (_self_blocks if exclude_self else _gallery_blocks)(problem)

@@ -39,7 +39,8 @@ def _check_labels(sets: list) -> None:
 
 def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None,
                       gallery_labels: torch.Tensor | None, ks: Sequence[int] = (),
-                      metrics: Iterable[str] = ("recall",), memory_budget: int | None = None) -> dict[str, float]:
+                      metrics: Iterable[str] = ("recall",), memory_budget: int | None = None,
+                      own: torch.Tensor | None = None) -> dict[str, float]:
     """Recall@K and, with "map_r" in ``metrics``, MAP@R and R-Precision, all in percent, from one pass.
 
     Args:
@@ -51,6 +52,8 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
         ks: the K of Recall@K ("Recall@K" keys); a hit is a positive among the K nearest.
         metrics: "recall" and/or "map_r"; other names are ignored here.
         memory_budget: bytes of one distance tile; default by device (see metric.ranking).
+        own: with ``gallery``, (Q,) int64 index in the gallery of each query's own item (the same image, when
+            an image is both a query and a gallery item; -1 for none): never retrieved, not its positive.
 
     Returns:
         {"Recall@K": ..., "MAP@R": ..., "R-Precision": ...} as requested. MAP@R and
@@ -60,6 +63,8 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     ks = list(ks)
     self_mode = gallery is None
     _check_labels([("query", query, query_labels)] + ([] if self_mode else [("gallery", gallery, gallery_labels)]))
+    if own is not None and len(own) != len(query):
+        raise UserError(f"{len(query)} queries but {len(own)} own-item indices; pass one per query")
     gallery = query if self_mode else gallery
     gallery_labels = query_labels if self_mode else gallery_labels
     ks_t = torch.tensor(ks, dtype=torch.int64)
@@ -68,7 +73,7 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     queries = 0
     blocks = iterate_blocks(query, query_labels.to(query.device), gallery, gallery_labels.to(gallery.device),
                             exclude_self=self_mode, all_positives="map_r" in metrics,
-                            rank_limit=max(ks, default=0), memory_budget=memory_budget)
+                            rank_limit=max(ks, default=0), memory_budget=memory_budget, own=own)
     for block in blocks:
         hits += _recall_hits(block, ks_t)
         if "map_r" in metrics:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import run
+from dataset import DATASETS
 from experiment.config import METHOD_NAMES
 from experiment.run_dir import RUN_FILES, read_history
 
@@ -34,8 +35,9 @@ AUTHORS["sop"] = AUTHORS["stanford"]
 
 
 def method_flags(dataset: str, method: str) -> list[str]:
-    """The authors' run.py flags of ``method`` on ``dataset`` (README, "The authors' commands")."""
-    common, lambda_mdr = AUTHORS[dataset]
+    """The authors' run.py flags of ``method`` on ``dataset`` (README, "The authors' commands"); a dataset
+    they did not run (your own folder or manifest) takes their CUB-200 flags."""
+    common, lambda_mdr = AUTHORS.get(dataset, AUTHORS["cub200"])
     extra = {"triplet": [], "l2norm": ["--l2norm"], "mdr": ["--lambda-mdr", lambda_mdr, "--nu-mdr", "0.01"]}
     return common + extra[method]
 
@@ -89,7 +91,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=sorted(AUTHORS))
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS),
+                        help="a dataset of run.py; folder and csv take the authors' CUB-200 flags")
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--root", default="result", help="runs go to ROOT/DATASET/METHOD/seedN")
