@@ -1,0 +1,48 @@
+"""Device branches that only run on CUDA or MPS, run here on the CPU with the device queries mocked."""
+import pytest
+import torch
+
+from errors import UserError
+from experiment import device as device_module
+from experiment.device import amp_settings, select_device
+
+
+@pytest.mark.parametrize("capability,dtype,scaled", [((7, 0), torch.float16, True), ((7, 5), torch.float16, True),
+                                                     ((8, 0), torch.bfloat16, False), ((9, 0), torch.bfloat16, False)])
+def test_amp_on_cuda_follows_the_compute_capability(monkeypatch, capability, dtype, scaled):
+    """V100 (7.0) and T4 (7.5) get fp16 with a GradScaler although torch counts their emulated bf16 as supported;
+    Ampere (8.0) and newer get bf16 without a scaler."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # torch >= 2.3 counts emulation
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    amp_dtype, scaler = amp_settings(True, torch.device("cuda"))
+    assert amp_dtype == dtype
+    if scaled:
+        assert isinstance(scaler, torch.amp.GradScaler) and scaler._device == "cuda" and scaler.is_enabled()
+    else:
+        assert scaler is None
+    assert amp_settings(False, torch.device("cuda")) == (None, None)
+
+
+def test_amp_on_mps_is_fp16_with_a_scaler_and_bf16_on_the_cpu():
+    amp_dtype, scaler = amp_settings(True, torch.device("mps"))
+    assert amp_dtype == torch.float16 and isinstance(scaler, torch.amp.GradScaler) and scaler._device == "mps"
+    assert amp_settings(True, torch.device("cpu")) == (torch.bfloat16, None)
+
+
+def test_an_absent_mps_device_is_one_line_as_cuda_is(monkeypatch):
+    monkeypatch.setattr(device_module, "mps_available", lambda: False)
+    with pytest.raises(UserError, match="--device mps was asked for but MPS is not available.*--device auto or cpu"):
+        select_device("mps")
+    monkeypatch.setattr(device_module, "mps_available", lambda: True)
+    assert select_device("mps") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto") == torch.device("mps")
+
+
+def test_device_mps_on_a_machine_without_it_stops_the_command_line_in_one_line(monkeypatch, capsys):
+    import run
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # as on every Linux machine
+    assert run.cli(["--device", "mps", "--no-pretrained", "--no-download", "--data", "/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device mps was asked for but MPS is not available" in err
