@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import signal
 import sys
 from functools import partial
@@ -31,6 +30,7 @@ from experiment.distributed import Context
 from experiment.extraction import extract
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
+from experiment.rng import rng_state, set_rng_state
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
@@ -310,22 +310,6 @@ def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: 
                                      batch_size=args.eval_batch, shuffle=False, **common)
                     for name, ds in eval_sets.items()}
     return train_loader, eval_loaders
-
-
-def rng_state(sampler: SeededShards, negatives: torch.Generator) -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "sampler": sampler.state_dict(), "negatives": negatives.get_state()}
-
-
-def set_rng_state(state: dict, sampler: SeededShards, negatives: torch.Generator) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    sampler.load_state_dict(state["sampler"])
-    if "negatives" in state:
-        negatives.set_state(state["negatives"])
 
 
 def print_table(results: dict[str, float]) -> None:
