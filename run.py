@@ -457,7 +457,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                  "loss_hparams": loss_hparams, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
-                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key)}
+                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key),
+                 "scaler": scaler.state_dict() if scaler is not None else {}}
         if ctx.is_main:
             save_atomic(state, save_dir / "checkpoint.pth")
             write_outputs(save_dir, state)
@@ -470,6 +471,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], sampler, negatives)
+        if scaler is not None and resumed.get("scaler"):  # fp16 before and now: the loss scale continues
+            scaler.load_state_dict(resumed["scaler"])
         start, results, best, best_epoch = (resumed["epoch"] + 1, resumed["results"], resumed["best"],
                                             resumed["best_epoch"])
         key, history = resumed["key"], resumed["history"]

@@ -108,3 +108,23 @@ def test_a_checkpoint_of_an_eight_gpu_node_resumes_on_two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
     run.set_rng_state(state, sampler, torch.Generator())
     assert len(restored) == 1 and torch.equal(restored[0][0], state["cuda"][0]) and restored[0][1] == 1
+
+
+def test_an_fp16_resume_continues_the_loss_scale_and_the_weights(tmp_path, monkeypatch):
+    """The GradScaler's state is in checkpoint.pth: an fp16 run stopped after epoch 1 and resumed ends as the
+    uninterrupted run, skipped steps included. The CPU's fp16 autocast and GradScaler stand in for CUDA's; the
+    scale grows 2^24-fold per step, so epoch 2's step overflows fp16, and the scaler skips it and backs off; a
+    scaler started afresh at 1 would take that step."""
+    monkeypatch.setattr(run, "amp_settings", lambda enabled, device: (torch.float16, torch.amp.GradScaler(
+        "cpu", init_scale=1.0, growth_factor=2.0**24, growth_interval=1)) if enabled else (None, None))
+    root = make_cub(tmp_path / "data")
+    common = SMALL + ["--data", str(root), "--workers", "0", "--amp", "--image-size", "32", "--iter-per-epoch", "1"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    run_main(common + ["--epochs", "2", "--save-dir", str(whole)])
+    run_main(common + ["--epochs", "1", "--save-dir", str(resumed)])
+    after_one = torch.load(resumed / "checkpoint.pth", weights_only=True)["scaler"]
+    assert after_one["scale"] == 2.0**24 and after_one["growth_interval"] == 1
+    run_main(["--resume", str(resumed), "--epochs", "2"])
+    a, b = (torch.load(f / "checkpoint.pth", weights_only=True) for f in (whole, resumed))
+    assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] == 2.0**23  # epoch 2's step was skipped
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
