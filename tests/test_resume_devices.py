@@ -128,3 +128,29 @@ def test_an_fp16_resume_continues_the_loss_scale_and_the_weights(tmp_path, monke
     a, b = (torch.load(f / "checkpoint.pth", weights_only=True) for f in (whole, resumed))
     assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] == 2.0**23  # epoch 2's step was skipped
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+class OnDevice(torch.Tensor):
+    """A tensor that says it lives on a GPU; ``cpu()`` brings a plain tensor home."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+    def cpu(self, *args, **kwargs) -> torch.Tensor:
+        return self.as_subclass(torch.Tensor).clone()
+
+
+def test_saved_files_hold_cpu_tensors_that_a_plain_load_reads(tmp_path):
+    """best.pth, last.pth and checkpoint.pth of a GPU run held CUDA tensors: a plain torch.load on a machine
+    without a GPU failed. Every tensor is saved from the CPU, and a state_dict keeps its version metadata."""
+    weights = OrderedDict(w=torch.arange(3.0).as_subclass(OnDevice), n=torch.tensor(2))
+    weights._metadata = OrderedDict({"": {"version": 2}})
+    state = {"model": weights, "optimizer": {"state": {0: {"exp_avg": torch.ones(2).as_subclass(OnDevice)}}},
+             "rng": {"cuda": [torch.zeros(16, dtype=torch.uint8).as_subclass(OnDevice)], "python": (3, (1, 2), None)}}
+    save_atomic(state, tmp_path / "checkpoint.pth")
+    loaded = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert type(loaded["model"]["w"]) is torch.Tensor and torch.equal(loaded["model"]["w"], torch.arange(3.0))
+    assert loaded["model"]._metadata == {"": {"version": 2}}
+    assert type(loaded["optimizer"]["state"][0]["exp_avg"]) is torch.Tensor
+    assert type(loaded["rng"]["cuda"][0]) is torch.Tensor and loaded["rng"]["python"] == (3, (1, 2), None)
