@@ -447,7 +447,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
-    trained = DistributedDataParallel(model, broadcast_buffers=False) if ctx.active else model
+    trained = DistributedDataParallel(model, forward_sync_buffers=False) if ctx.active else model
     tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard and ctx.is_main else None
     embedded: dict = {}
     normalize = device_normalization(args.backbone)

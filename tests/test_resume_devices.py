@@ -154,3 +154,14 @@ def test_saved_files_hold_cpu_tensors_that_a_plain_load_reads(tmp_path):
     assert loaded["model"]._metadata == {"": {"version": 2}}
     assert type(loaded["optimizer"]["state"][0]["exp_avg"]) is torch.Tensor
     assert type(loaded["rng"]["cuda"][0]) is torch.Tensor and loaded["rng"]["python"] == (3, (1, 2), None)
+
+
+def test_torchrun_prints_no_deprecation_warning_of_ddp(tmp_path):
+    """DDP's broadcast_buffers=False printed a FutureWarning on every rank (torch 2.13+); forward_sync_buffers=False
+    is its replacement (the buffers, identical on every rank, are also broadcast once at the start)."""
+    from test_distributed import SMALL as DDP_SMALL, _torchrun
+    root = make_cub(tmp_path / "data")
+    done = _torchrun(DDP_SMALL + ["--data", str(root), "--workers", "0", "--epochs", "1",
+                                  "--save-dir", str(tmp_path / "r")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "broadcast_buffers" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr[-3000:]
