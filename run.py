@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argpar
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None, ctx: Context = Context(),
+                    scaler: "torch.amp.GradScaler | None" = None, ctx: Context = Context(),
                     on_step: Callable[[int, float, float, float], None] | None = None,
                     normalize: DeviceNormalize | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.

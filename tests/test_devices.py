@@ -46,3 +46,17 @@ def test_device_mps_on_a_machine_without_it_stops_the_command_line_in_one_line(m
     assert run.cli(["--device", "mps", "--no-pretrained", "--no-download", "--data", "/nonexistent"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--device mps was asked for but MPS is not available" in err
+
+
+def test_requirements_allow_no_torch_older_than_the_tested_one():
+    """requirements.txt allowed torch 2.1, on which run.py did not even import (torch.amp.GradScaler came in 2.3,
+    DDP's forward_sync_buffers in 2.13); CI installs one version, so the floor is that version."""
+    import re
+    from pathlib import Path
+    import torchvision
+    lines = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    for package, module in (("torch", torch), ("torchvision", torchvision)):
+        spec = next(line for line in lines if re.fullmatch(rf"{package}\s*[<>=].*", line))
+        floor = re.search(r">=\s*(\d+)\.(\d+)", spec).groups()
+        installed = re.match(r"(\d+)\.(\d+)", module.__version__).groups()
+        assert installed == floor, f"{package} {module.__version__} is tested, but requirements.txt says {spec}"
