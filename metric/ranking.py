@@ -32,6 +32,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from errors import UserError
+from metric.device import float64_device
 from metric.tile_scan import Found, Thresholds, augment, concat_pairs, mean64, products, scan, squared_norms
 
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
@@ -354,11 +355,11 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     ``max(rank_limit, R)`` (Recall@K needs K up to ``rank_limit``), its j-th
     below R, its number of positives (MAP@R); a rank past its limit is
     reported as some rank past it. ``memory_budget`` defaults to
-    ``memory_budget_for`` the embeddings' device.
+    ``memory_budget_for`` the embeddings' device. Embeddings on MPS are ranked on the CPU (``float64_device``).
     """
-    query = query.detach().float().contiguous()
-    gallery = query if exclude_self else gallery.detach().float().contiguous()
-    device = gallery.device
+    device = float64_device(gallery.device)
+    query = query.detach().float().to(device).contiguous()
+    gallery = query if exclude_self else gallery.detach().float().to(device).contiguous()
     if memory_budget is None:
         memory_budget = memory_budget_for(device)
     positives = _positive_table(query_labels.to(device).long(), gallery_labels.to(device).long())

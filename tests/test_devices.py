@@ -60,3 +60,46 @@ def test_requirements_allow_no_torch_older_than_the_tested_one():
         floor = re.search(r">=\s*(\d+)\.(\d+)", spec).groups()
         installed = re.match(r"(\d+)\.(\d+)", module.__version__).groups()
         assert installed == floor, f"{package} {module.__version__} is tested, but requirements.txt says {spec}"
+
+
+class OnMPS(torch.Tensor):
+    """A tensor that behaves as one on Apple's MPS, for a machine without it: it says it lives there, stays
+    there through ``.to("mps")``, comes home with ``.to("cpu")`` or ``.cpu()``, and refuses float64 as MPS does."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("mps", 0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.to, torch.Tensor.cpu):
+            target = [torch.device(a) for a in list(args[1:]) + [kwargs.get("device")] if isinstance(a, (str, torch.device))]
+            if func is torch.Tensor.cpu or (target and target[0].type == "cpu"):
+                return args[0].as_subclass(torch.Tensor).clone()
+            if target and target[0].type == "mps" and len(args) + len(kwargs) == 2:
+                return args[0]
+        result = super().__torch_function__(func, types, args, kwargs)
+        if func is torch.Tensor.double or (isinstance(result, torch.Tensor) and result.dtype == torch.float64):
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support "
+                            "float64. Please use float32 instead.")
+        return result
+
+
+def test_metrics_of_embeddings_on_mps_are_computed_on_the_cpu():
+    """The exact ranking and k-means run in float64, which MPS lacks: Recall@K, MAP@R and NMI of MPS embeddings
+    are those of the same embeddings on the CPU."""
+    from metric.device import float64_device
+    from metric.nmi import nmi
+    from metric.retrieval import retrieval_metrics
+    g = torch.Generator().manual_seed(0)
+    emb, labels = torch.randn(60, 8, generator=g), torch.arange(60) % 6
+    on_mps = emb.as_subclass(OnMPS), labels.as_subclass(OnMPS)
+    with pytest.raises(TypeError, match="float64"):
+        on_mps[0].double()
+    expected = retrieval_metrics(emb, labels, None, None, [1, 4], ("recall", "map_r"))
+    assert retrieval_metrics(*on_mps, None, None, [1, 4], ("recall", "map_r")) == expected
+    assert retrieval_metrics(*on_mps, *on_mps, [1], "recall")["Recall@1"] == 100.0
+    assert nmi(*on_mps) == nmi(emb, labels)
+    assert [float64_device(torch.device(d)) for d in ("mps", "cuda", "cpu")] == \
+           [torch.device("cpu"), torch.device("cuda"), torch.device("cpu")]
