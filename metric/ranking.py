@@ -41,6 +41,7 @@ _ROWS = 1024  # query rows per tile: fewer starve the matrix product
 _MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
 _MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
 _FREE_MEMORY_SHARE = 4  # on CUDA a tile may use 1/4 of the free device memory
+_MAX_ENTRIES = 2**31 - 1  # entries of one tile: CUDA's nonzero takes fewer than 2^31 elements (older torch)
 _SETTLE_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 24}  # float64 differences settled at once (CPU: in cache)
 _U = 2.0**-24  # unit roundoff of the float32 products (IEEE float32: numpy on the CPU, no TF32 on CUDA)
 _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not exist
@@ -79,9 +80,10 @@ def tile_shape(num_query: int, num_gallery: int, memory_budget: int) -> tuple[in
 
     When whole gallery rows fit at least 1,024 at a time (device memory), a tile
     is up to 8,192 whole rows; otherwise 1,024 rows (fewer under a tiny budget)
-    by as many columns as fit. Every dimension is at least 1.
+    by as many columns as fit. Every dimension is at least 1, and a tile has
+    fewer than 2^31 entries whatever the budget.
     """
-    entries = max(1, memory_budget // _BYTES_PER_ENTRY)
+    entries = max(1, min(memory_budget // _BYTES_PER_ENTRY, _MAX_ENTRIES))
     gallery = max(1, num_gallery)
     if entries // gallery >= _ROWS:
         return max(1, min(num_query, _MAX_ROWS, entries // gallery)), gallery

@@ -103,3 +103,14 @@ def test_metrics_of_embeddings_on_mps_are_computed_on_the_cpu():
     assert nmi(*on_mps) == nmi(emb, labels)
     assert [float64_device(torch.device(d)) for d in ("mps", "cuda", "cpu")] == \
            [torch.device("cpu"), torch.device("cuda"), torch.device("cpu")]
+
+
+def test_a_tile_of_a_huge_gallery_on_a_big_gpu_stays_below_two_to_the_31_entries():
+    """8,192 rows of a 300,000-item gallery are 2.5e9 entries, more than CUDA's nonzero takes on older torch."""
+    from metric.ranking import memory_budget_for, tile_shape
+    budget = memory_budget_for(torch.device("cuda"), free_bytes=140 * 2**30)  # an H200's free memory
+    rows, cols = tile_shape(300_000, 300_000, budget)
+    assert cols == 300_000 and rows == (2**31 - 1) // 300_000 and rows * cols < 2**31
+    rows, cols = tile_shape(3_000_000, 3_000_000, budget)
+    assert rows == 1024 and rows * cols < 2**31 and cols > 2_000_000
+    assert tile_shape(60502, 60502, budget) == (8192, 60502)  # SOP keeps its whole-row tiles
