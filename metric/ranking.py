@@ -411,23 +411,40 @@ def _centred_rows(query: torch.Tensor, gallery: torch.Tensor, exclude_self: bool
 
 @contextmanager
 def _ieee_products(device: torch.device) -> Iterator[None]:
-    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it), through
-    the same API the user set TF32 with; restored after. numpy's products on the CPU are IEEE anyway."""
+    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it); every
+    precision setting reads as before afterwards. numpy's products on the CPU are IEEE anyway.
+
+    torch refuses a product once its legacy setting (``set_float32_matmul_precision``)
+    and the newer ``fp32_precision`` ones disagree, so TF32 goes off through the
+    API the settings are consistent with: the legacy one while it can be read,
+    the newer one after that was used. The legacy call also sets the newer
+    values of cuBLAS and oneDNN, which are put back after it.
+    """
     if device.type != "cuda":
         yield
         return
-    matmul = torch.backends.cuda.matmul
+    newer = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved = [backend.fp32_precision for backend in newer]
     try:
-        saved = torch.get_float32_matmul_precision()  # raises once the newer fp32_precision API is in use
+        legacy = torch.get_float32_matmul_precision()  # raises once the newer API is in use
     except RuntimeError:
-        saved, matmul.fp32_precision = matmul.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = saved
-        return
-    torch.set_float32_matmul_precision("highest")
+        legacy = None
+    if legacy is None:
+        newer[0].fp32_precision = "ieee"
+    else:
+        torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved)
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for backend, value in zip(newer, saved):
+            _restore_precision(backend, value)
+
+
+def _restore_precision(backend, value: str) -> None:
+    """Set ``backend.fp32_precision`` back to ``value`` as read before: "none" (inherit the parent setting,
+    torch's default) when that reads as ``value``, else ``value`` itself."""
+    backend.fp32_precision = "none"
+    if backend.fp32_precision != value:
+        backend.fp32_precision = value

@@ -114,3 +114,53 @@ def test_a_tile_of_a_huge_gallery_on_a_big_gpu_stays_below_two_to_the_31_entries
     rows, cols = tile_shape(3_000_000, 3_000_000, budget)
     assert rows == 1024 and rows * cols < 2**31 and cols > 2_000_000
     assert tile_shape(60502, 60502, budget) == (8192, 60502)  # SOP keeps its whole-row tiles
+
+
+TF32_GUARD = """
+import torch
+from metric.ranking import _ieee_products
+b = torch.backends
+
+
+def settings():
+    out = [b.fp32_precision, b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision, b.cudnn.conv.fp32_precision]
+    for read in (torch.get_float32_matmul_precision, lambda: b.cuda.matmul.allow_tf32):
+        try:
+            out.append(read())
+        except RuntimeError:  # the legacy and the newer settings disagree: torch refuses a product then
+            out.append("mixed")
+    return out
+
+
+def legacy_high(): torch.set_float32_matmul_precision("high")
+def legacy_allow_tf32(): torch.set_float32_matmul_precision("highest"); b.cuda.matmul.allow_tf32 = True
+def newer_tf32(): torch.set_float32_matmul_precision("highest"); b.cuda.matmul.fp32_precision = "tf32"
+def newer_global_tf32(): b.cuda.matmul.fp32_precision = "none"; b.fp32_precision = "tf32"
+
+
+for setup in (lambda: None, legacy_high, legacy_allow_tf32, newer_tf32, newer_global_tf32):
+    setup()
+    before = settings()
+    with _ieee_products(torch.device("cuda")):
+        during = settings()
+    assert settings() == before, (before, settings())
+    assert during[1] == "ieee" and during[-1] is False, during  # TF32 off, the settings consistent
+    if setup is newer_global_tf32 or before[1] == "none":  # cuBLAS still follows the generic setting
+        for probe in ("tf32", "ieee"):
+            b.fp32_precision = probe
+            assert b.cuda.matmul.fp32_precision == probe, settings()
+        b.fp32_precision = before[0]
+print("ok")
+"""
+
+
+def test_the_tf32_guard_of_the_metrics_leaves_every_precision_setting_as_it_found_it():
+    """After an evaluation on CUDA, torch.backends.cuda.matmul.fp32_precision read "ieee" instead of the untouched
+    "none" (the legacy call the guard used also set the newer values). Each way a user can set TF32, in a fresh
+    process (torch refuses to mix the two APIs), reads the same before and after, and TF32 is off inside."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", TF32_GUARD], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "ok", out.stderr[-3000:]
