@@ -191,3 +191,22 @@ def test_the_normalisation_constants_go_to_the_device_once(monkeypatch, backbone
     for batch, out in zip(batches, outputs):
         expected = torch.stack([authors(image.permute(1, 2, 0).numpy()) for image in batch])
         assert torch.equal(out, expected)
+
+
+def test_the_evaluation_bench_starts_its_timer_after_the_warm_up_has_finished_on_the_device(monkeypatch):
+    """bench/train_speed.py started the evaluation timer while the warm-up could still run on the GPU."""
+    import importlib.util
+    import types
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "train_speed.py"
+    spec = importlib.util.spec_from_file_location("train_speed", path)
+    train_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_speed)
+    events = []
+    real_extract = train_speed.extract
+    monkeypatch.setattr(train_speed, "synchronize", lambda device: events.append("synchronize"), raising=False)
+    monkeypatch.setattr(train_speed, "time", types.SimpleNamespace(perf_counter=lambda: events.append("clock") or
+                                                                   float(len(events))))
+    monkeypatch.setattr(train_speed, "extract", lambda *a, **k: events.append("extract") or real_extract(*a, **k))
+    assert train_speed.eval_speed(torch.device("cpu"), 1, 1) > 0
+    assert events == ["extract", "synchronize", "clock", "extract", "synchronize", "clock"]
