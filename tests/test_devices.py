@@ -1,10 +1,26 @@
 """Device branches that only run on CUDA or MPS, run here on the CPU with the device queries mocked."""
+import importlib.util
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
+import torchvision
 
+import run
+from dataset.transforms import authors_normalization, device_normalization
 from errors import UserError
 from experiment import device as device_module
 from experiment.device import amp_settings, select_device
+from metric.device import float64_device
+from metric.nmi import nmi
+from metric.ranking import memory_budget_for, tile_shape
+from metric.retrieval import retrieval_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("capability,dtype,scaled", [((7, 0), torch.float16, True), ((7, 5), torch.float16, True),
@@ -41,7 +57,6 @@ def test_an_absent_mps_device_is_one_line_as_cuda_is(monkeypatch):
 
 
 def test_device_mps_on_a_machine_without_it_stops_the_command_line_in_one_line(monkeypatch, capsys):
-    import run
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)  # as on every Linux machine
     assert run.cli(["--device", "mps", "--no-pretrained", "--no-download", "--data", "/nonexistent"]) == 1
     err = capsys.readouterr().err
@@ -51,10 +66,7 @@ def test_device_mps_on_a_machine_without_it_stops_the_command_line_in_one_line(m
 def test_requirements_allow_no_torch_older_than_the_tested_one():
     """requirements.txt allowed torch 2.1, on which run.py did not even import (torch.amp.GradScaler came in 2.3,
     DDP's forward_sync_buffers in 2.13); CI installs one version, so the floor is that version."""
-    import re
-    from pathlib import Path
-    import torchvision
-    lines = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
     for package, module in (("torch", torch), ("torchvision", torchvision)):
         spec = next(line for line in lines if re.fullmatch(rf"{package}\s*[<>=].*", line))
         floor = re.search(r">=\s*(\d+)\.(\d+)", spec).groups()
@@ -89,9 +101,6 @@ class OnMPS(torch.Tensor):
 def test_metrics_of_embeddings_on_mps_are_computed_on_the_cpu():
     """The exact ranking and k-means run in float64, which MPS lacks: Recall@K, MAP@R and NMI of MPS embeddings
     are those of the same embeddings on the CPU."""
-    from metric.device import float64_device
-    from metric.nmi import nmi
-    from metric.retrieval import retrieval_metrics
     g = torch.Generator().manual_seed(0)
     emb, labels = torch.randn(60, 8, generator=g), torch.arange(60) % 6
     on_mps = emb.as_subclass(OnMPS), labels.as_subclass(OnMPS)
@@ -107,7 +116,6 @@ def test_metrics_of_embeddings_on_mps_are_computed_on_the_cpu():
 
 def test_a_tile_of_a_huge_gallery_on_a_big_gpu_stays_below_two_to_the_31_entries():
     """8,192 rows of a 300,000-item gallery are 2.5e9 entries, more than CUDA's nonzero takes on older torch."""
-    from metric.ranking import memory_budget_for, tile_shape
     budget = memory_budget_for(torch.device("cuda"), free_bytes=140 * 2**30)  # an H200's free memory
     rows, cols = tile_shape(300_000, 300_000, budget)
     assert cols == 300_000 and rows == (2**31 - 1) // 300_000 and rows * cols < 2**31
@@ -158,11 +166,8 @@ def test_the_tf32_guard_of_the_metrics_leaves_every_precision_setting_as_it_foun
     """After an evaluation on CUDA, torch.backends.cuda.matmul.fp32_precision read "ieee" instead of the untouched
     "none" (the legacy call the guard used also set the newer values). Each way a user can set TF32, in a fresh
     process (torch refuses to mix the two APIs), reads the same before and after, and TF32 is off inside."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    out = subprocess.run([sys.executable, "-c", TF32_GUARD], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-c", TF32_GUARD], capture_output=True, text=True, check=False,
+                         cwd=ROOT)
     assert out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
@@ -170,7 +175,6 @@ def test_the_tf32_guard_of_the_metrics_leaves_every_precision_setting_as_it_foun
 def test_the_normalisation_constants_go_to_the_device_once(monkeypatch, backbone):
     """Every batch copied the mean, std and 255 from pageable host memory to the device (a synchronising copy on
     CUDA); they are copied once per device, and the batches come out bit-identical to the authors' chain."""
-    from dataset.transforms import authors_normalization, device_normalization
     normalize = device_normalization(backbone)
     holder = normalize.__self__
     constants = [t for t in (holder.byte_max, holder.mean, holder.std) if t is not None]
@@ -195,10 +199,7 @@ def test_the_normalisation_constants_go_to_the_device_once(monkeypatch, backbone
 
 def test_the_evaluation_bench_starts_its_timer_after_the_warm_up_has_finished_on_the_device(monkeypatch):
     """bench/train_speed.py started the evaluation timer while the warm-up could still run on the GPU."""
-    import importlib.util
-    import types
-    from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "bench" / "train_speed.py"
+    path = ROOT / "bench" / "train_speed.py"
     spec = importlib.util.spec_from_file_location("train_speed", path)
     train_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_speed)

@@ -3,7 +3,6 @@ import shutil
 import struct
 from collections import OrderedDict
 
-import pytest
 import torch
 
 import run
@@ -159,7 +158,8 @@ def test_saved_files_hold_cpu_tensors_that_a_plain_load_reads(tmp_path):
 def test_torchrun_prints_no_deprecation_warning_of_ddp(tmp_path):
     """DDP's broadcast_buffers=False printed a FutureWarning on every rank (torch 2.13+); forward_sync_buffers=False
     is its replacement (the buffers, identical on every rank, are also broadcast once at the start)."""
-    from test_distributed import SMALL as DDP_SMALL, _torchrun
+    from test_distributed import SMALL as DDP_SMALL
+    from test_distributed import _torchrun
     root = make_cub(tmp_path / "data")
     done = _torchrun(DDP_SMALL + ["--data", str(root), "--workers", "0", "--epochs", "1",
                                   "--save-dir", str(tmp_path / "r")])
