@@ -20,8 +20,8 @@ def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device auto or cpu")
     if name == "mps" and not mps_available():
-        raise UserError("--device mps was asked for but MPS is not available (it needs an Apple-silicon Mac, macOS "
-                        "12.3 or later and a torch built with MPS); use --device auto or cpu")
+        raise UserError("--device mps was asked for but MPS is not available (it needs a Mac with a Metal GPU, "
+                        "macOS 12.3 or later and a torch built with MPS); use --device auto or cpu")
     return torch.device(name)
 
 
