@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import signal
 import sys
 from functools import partial
@@ -32,6 +31,7 @@ from experiment.distributed import Context
 from experiment.extraction import extract
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
+from experiment.rng import rng_state, set_rng_state
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
@@ -175,7 +175,7 @@ def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argpar
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None, ctx: Context = Context(),
+                    scaler: "torch.amp.GradScaler | None" = None, ctx: Context = Context(),
                     on_step: Callable[[int, float, float, float], None] | None = None,
                     normalize: DeviceNormalize | None = None) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
@@ -322,22 +322,6 @@ def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: 
     return train_loader, eval_loaders
 
 
-def rng_state(sampler: SeededShards, negatives: torch.Generator) -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "sampler": sampler.state_dict(), "negatives": negatives.get_state()}
-
-
-def set_rng_state(state: dict, sampler: SeededShards, negatives: torch.Generator) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    sampler.load_state_dict(state["sampler"])
-    if "negatives" in state:
-        negatives.set_state(state["negatives"])
-
-
 def print_table(results: dict[str, float]) -> None:
     width = max(len(name) for name in results)
     print("\n".join([f"{'metric':<{width}}  value (%)", "-" * (width + 11)]
@@ -475,7 +459,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
-    trained = DistributedDataParallel(model, broadcast_buffers=False) if ctx.active else model
+    trained = DistributedDataParallel(model, forward_sync_buffers=False) if ctx.active else model
     tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard and ctx.is_main else None
     embedded: dict = {}
     normalize = device_normalization(args.backbone)
@@ -486,7 +470,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                  "loss_hparams": loss_hparams, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
-                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key)}
+                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key),
+                 "scaler": scaler.state_dict() if scaler is not None else {}}
         if ctx.is_main:
             save_atomic(state, save_dir / "checkpoint.pth")
             write_outputs(save_dir, state)
@@ -499,6 +484,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], sampler, negatives)
+        if scaler is not None and resumed.get("scaler"):  # fp16 before and now: the loss scale continues
+            scaler.load_state_dict(resumed["scaler"])
         start, results, best, best_epoch = (resumed["epoch"] + 1, resumed["results"], resumed["best"],
                                             resumed["best_epoch"])
         key, history = resumed["key"], resumed["history"]

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from metric.device import float64_device
+
 _SEED_ROUNDS = 64  # seeding rounds: k-means++ exactly when k <= 65
 _BLOCK_BYTES = 64 * 2**20  # bytes of one (points, k) block of distances in the assignment
 _TRIAL_BLOCK_BYTES = 8 * 2**20  # bytes of one (points, candidates) block of the seeding trials: stays in cache
@@ -140,6 +142,10 @@ def normalized_mutual_info(labels_a: torch.Tensor, labels_b: torch.Tensor) -> fl
 
 
 def nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
-    """NMI in percent of k-means (k = number of classes, ``seed``) on (N, D) embeddings vs (N,) labels."""
+    """NMI in percent of k-means (k = number of classes, ``seed``) on (N, D) embeddings vs (N,) labels.
+
+    Embeddings on MPS are clustered on the CPU (``float64_device``).
+    """
+    embeddings = embeddings.to(float64_device(embeddings.device))
     k = len(torch.unique(labels))
     return 100.0 * normalized_mutual_info(kmeans(embeddings, k, seed=seed), labels)

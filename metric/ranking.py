@@ -32,6 +32,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from errors import UserError
+from metric.device import float64_device
 from metric.tile_scan import Found, Thresholds, augment, concat_pairs, mean64, products, scan, squared_norms
 
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
@@ -40,6 +41,7 @@ _ROWS = 1024  # query rows per tile: fewer starve the matrix product
 _MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
 _MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
 _FREE_MEMORY_SHARE = 4  # on CUDA a tile may use 1/4 of the free device memory
+_MAX_ENTRIES = 2**31 - 1  # entries of one tile: CUDA's nonzero takes fewer than 2^31 elements (older torch)
 _SETTLE_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 24}  # float64 differences settled at once (CPU: in cache)
 _U = 2.0**-24  # unit roundoff of the float32 products (IEEE float32: numpy on the CPU, no TF32 on CUDA)
 _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not exist
@@ -78,9 +80,10 @@ def tile_shape(num_query: int, num_gallery: int, memory_budget: int) -> tuple[in
 
     When whole gallery rows fit at least 1,024 at a time (device memory), a tile
     is up to 8,192 whole rows; otherwise 1,024 rows (fewer under a tiny budget)
-    by as many columns as fit. Every dimension is at least 1.
+    by as many columns as fit. Every dimension is at least 1, and a tile has
+    fewer than 2^31 entries whatever the budget.
     """
-    entries = max(1, memory_budget // _BYTES_PER_ENTRY)
+    entries = max(1, min(memory_budget // _BYTES_PER_ENTRY, _MAX_ENTRIES))
     gallery = max(1, num_gallery)
     if entries // gallery >= _ROWS:
         return max(1, min(num_query, _MAX_ROWS, entries // gallery)), gallery
@@ -373,11 +376,11 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     ``max(rank_limit, R)`` (Recall@K needs K up to ``rank_limit``), its j-th
     below R, its number of positives (MAP@R); a rank past its limit is
     reported as some rank past it. ``memory_budget`` defaults to
-    ``memory_budget_for`` the embeddings' device.
+    ``memory_budget_for`` the embeddings' device. Embeddings on MPS are ranked on the CPU (``float64_device``).
     """
-    query = query.detach().float().contiguous()
-    gallery = query if exclude_self else gallery.detach().float().contiguous()
-    device = gallery.device
+    device = float64_device(gallery.device)
+    query = query.detach().float().to(device).contiguous()
+    gallery = query if exclude_self else gallery.detach().float().to(device).contiguous()
     if memory_budget is None:
         memory_budget = memory_budget_for(device)
     positives = _positive_table(query_labels.to(device).long(), gallery_labels.to(device).long())
@@ -428,23 +431,40 @@ def _centred_rows(query: torch.Tensor, gallery: torch.Tensor, exclude_self: bool
 
 @contextmanager
 def _ieee_products(device: torch.device) -> Iterator[None]:
-    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it), through
-    the same API the user set TF32 with; restored after. numpy's products on the CPU are IEEE anyway."""
+    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it); every
+    precision setting reads as before afterwards. numpy's products on the CPU are IEEE anyway.
+
+    torch refuses a product once its legacy setting (``set_float32_matmul_precision``)
+    and the newer ``fp32_precision`` ones disagree, so TF32 goes off through the
+    API the settings are consistent with: the legacy one while it can be read,
+    the newer one after that was used. The legacy call also sets the newer
+    values of cuBLAS and oneDNN, which are put back after it.
+    """
     if device.type != "cuda":
         yield
         return
-    matmul = torch.backends.cuda.matmul
+    newer = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved = [backend.fp32_precision for backend in newer]
     try:
-        saved = torch.get_float32_matmul_precision()  # raises once the newer fp32_precision API is in use
+        legacy = torch.get_float32_matmul_precision()  # raises once the newer API is in use
     except RuntimeError:
-        saved, matmul.fp32_precision = matmul.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = saved
-        return
-    torch.set_float32_matmul_precision("highest")
+        legacy = None
+    if legacy is None:
+        newer[0].fp32_precision = "ieee"
+    else:
+        torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved)
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for backend, value in zip(newer, saved):
+            _restore_precision(backend, value)
+
+
+def _restore_precision(backend, value: str) -> None:
+    """Set ``backend.fp32_precision`` back to ``value`` as read before: "none" (inherit the parent setting,
+    torch's default) when that reads as ``value``, else ``value`` itself."""
+    backend.fp32_precision = "none"
+    if backend.fp32_precision != value:
+        backend.fp32_precision = value
