@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from errors import UserError
-from metric.ranking import DEFAULT_MEMORY_BUDGET, _dist_error_bound, _exact_sq_dist, _rounded, tile_shape
+from metric.ranking import (
+    DEFAULT_MEMORY_BUDGET,
+    _dist_error_bound,
+    _exact_sq_dist,
+    _rounded,
+    tile_shape,
+)
 from metric.tile_scan import augment, mean64, products, squared_norms
 
 _CENTRE_SAMPLE = 4096  # gallery rows (evenly spaced) whose mean centres the products: any centre is exact

@@ -74,7 +74,7 @@ def test_exclude_self_for_the_gallery_itself_and_per_query_indices():
 
 
 def test_memory_mapped_gallery_is_read_in_tiles(tmp_path, monkeypatch):
-    import metric.knn as knn
+    from metric import knn
     g = torch.Generator().manual_seed(3)
     gallery = torch.randn(1000, 16, generator=g)
     np.save(tmp_path / "e.npy", gallery.numpy())
