@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from dataset.image_source import SourceImages
 from dataset.transforms import build_transforms, model_input, resize_size
-from errors import UserError
 from experiment.config import CONFIG_NAME
 from experiment.device import amp_settings, select_device
 from experiment.extraction import iterate_embeddings
@@ -77,17 +76,16 @@ def recorded_flags(weights: Path, checkpoint: object) -> RunFlags | None:
 
 
 def _flag_text(name: str, value: object) -> str:
+    """``--flag value`` (``--flag`` alone for a switch that is on)."""
     flag = f"--{name.replace('_', '-')}"
-    if isinstance(value, bool):
-        return flag if value else f"no {flag}"
-    return f"{flag} {value if value is not None else 'default'}"
+    return flag if value is True else f"{flag} {value}"
 
 
 def _difference(name: str, given: object, saved: object, verb: str) -> str:
     """E.g. "evaluating at --image-size 224; the run trained at 64"."""
-    word = _PREPOSITIONS.get(name, "with")
     if isinstance(given, bool):
-        return f"{verb} with {_flag_text(name, given)}; the run trained with {_flag_text(name, saved)}"
+        return f"{verb} with {_flag_text(name, True)}; the run trained without it"
+    word = _PREPOSITIONS.get(name, "with")
     return f"{verb} {word} {_flag_text(name, given)}; the run trained {word} {saved}"
 
 
@@ -99,7 +97,7 @@ def adopt_run_flags(args: argparse.Namespace, run: RunFlags | None, names: Seque
     given = getattr(args, "_given", set())
     saved = {k: run.flags[k] for k in names if k in run.flags and hasattr(args, k)}
     adopt_saved_flags(args, {"args": saved})
-    adopted = [_flag_text(k, v) for k, v in saved.items() if k not in given]
+    adopted = [_flag_text(k, v) for k, v in saved.items() if k not in given and v is not None and v is not False]
     lines = [f"[Flags] read from {run.source}: {' '.join(adopted)}"] if adopted else []
     return lines + [_difference(k, getattr(args, k), v, verb) for k, v in saved.items()
                     if k in given and getattr(args, k) != v]
