@@ -300,6 +300,24 @@ def test_amp_keeps_float32_embeddings_and_is_part_of_the_settings(run_dir, tmp_p
         build(run_dir, images, tmp_path / "amp")
 
 
+def test_export_of_a_run_reads_its_flags_and_gives_the_index_embeddings(run_dir, tmp_path, capsys):
+    from tools import export
+    images = gallery_tree(tmp_path / "gallery")
+    build(run_dir, images, tmp_path / "idx")
+    assert export.cli(["--load", str(run_dir / "checkpoint.pth"), "--format", "torchscript", "--out",
+                       str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr().out
+    assert f"[Flags] read from {run_dir / 'checkpoint.pth'}: --backbone resnet18 --embedding-size 16 --image-size 32" \
+        in out and "input (N, 3, 32, 32) uint8 RGB, resized to 36 square (LANCZOS) and centre-cropped to 32" in out
+    opened = Index.open(tmp_path / "idx")
+    test = build_transforms("resnet18", 32, uint8=True)[1]
+    crops = torch.stack([test(Image.open(p).convert("RGB")) for p in opened.paths])
+    with torch.no_grad():
+        got = torch.jit.load(str(tmp_path / "m.pt"))(crops)
+    expected = torch.from_numpy(np.array(opened.embeddings))
+    assert ((got - expected).norm(dim=1) <= 1e-4 * expected.norm(dim=1)).all()
+
+
 def test_bad_inputs_are_one_line_errors(run_dir, tmp_path, capsys):
     images = gallery_tree(tmp_path / "gallery")
     mine = tmp_path / "mine"
