@@ -106,3 +106,14 @@ def test_missing_onnx_packages_are_one_line_with_the_install_hint(tmp_path, monk
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"pip install {missing}" in err and "requirements-extra.txt" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("side", [224, 64, 32])
+def test_the_documented_resize_and_crop_are_the_test_transform(tmp_path, side):
+    """docs/model-use.md: resize to S*256/224 square with LANCZOS, crop from round((S*256//224 - S) / 2)."""
+    path = write(tmp_path / "a.jpg", jpeg_bytes(3, size=(300, 200)))
+    resized = Image.open(path).convert("RGB").resize((side * 256 // 224, side * 256 // 224), Image.LANCZOS)
+    top = round((side * 256 // 224 - side) / 2)
+    crop = np.asarray(resized)[top:top + side, top:top + side].transpose(2, 0, 1)
+    expected = build_transforms("bninception", side, uint8=True)[1](Image.open(path).convert("RGB"))
+    assert np.array_equal(crop, expected.numpy())
