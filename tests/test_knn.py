@@ -132,3 +132,20 @@ def test_empty_sets_and_bad_inputs():
         nearest_neighbors(torch.randn(2, 4), torch.randn(6, 4), 2, True)
     with pytest.raises(UserError, match="one gallery index"):
         nearest_neighbors(torch.randn(2, 4), torch.randn(6, 4), 2, np.array([0, 6]))
+
+
+def test_only_a_few_candidates_get_exact_distances(monkeypatch):
+    """The bound prunes: about k candidates per query reach the float64 step, not the whole gallery."""
+    import metric.knn as knn
+    sizes = []
+    real = knn._exact_top
+
+    def counting(query, gallery, cand, k, pool):
+        sizes.append(len(cand.rows))
+        return real(query, gallery, cand, k, pool)
+
+    monkeypatch.setattr(knn, "_exact_top", counting)
+    g = torch.Generator().manual_seed(5)
+    gallery, query = torch.randn(5000, 32, generator=g), torch.randn(64, 32, generator=g)
+    check(query, gallery, 10, memory_budget=6 * 64 * 512)
+    assert sum(sizes) <= 64 * 12

@@ -127,9 +127,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def gallery_positions(index: Index, queries: Sequence[Path]) -> np.ndarray:
-    """(Q,) int64 gallery index of each query file (the same file), -1 when it is not in the gallery."""
-    where = {path.resolve(): i for i, path in enumerate(index.paths)}
-    return np.array([where.get(path.resolve(), -1) for path in queries], dtype=np.int64)
+    """(Q,) int64 gallery index of each query file (the same file under the index's source root), -1 when it is
+    not in the gallery."""
+    root = Path(index.meta["source"])
+    where = {r.path: i for i, r in enumerate(index.records)}
+
+    def position(query: Path) -> int:
+        try:
+            return where.get(query.resolve().relative_to(root).as_posix(), -1)
+        except ValueError:  # outside the source root
+            return -1
+    return np.array([position(q) for q in queries], dtype=np.int64)
 
 
 def within(indices: torch.Tensor, distances: torch.Tensor, max_distance: float | None) -> list[list[tuple]]:
