@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from dataset.decode import load_rgb
 from metric.knn import nearest_neighbors
+from model.checkpoint import atomic_file
 
 TILE = 128
 BORDER = 6
@@ -50,8 +51,8 @@ def draw_grid(rows: list[GridRow], out: Path) -> Path:
         for c, (path, label) in enumerate(row.retrieved):
             canvas.paste(_tile(path, _border(row.label, label)), (TILE * (c + 1) + BORDER, r * TILE))
         draw.line([(TILE + BORDER // 2, r * TILE), (TILE + BORDER // 2, (r + 1) * TILE)], fill="black", width=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    with atomic_file(out) as f:
+        canvas.save(f, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
     return out
 
 
