@@ -62,9 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def index_meta(spec: ModelSpec, amp: bool, source_root: Path, count: int) -> dict:
-    """index.json: what the embeddings depend on (``SETTINGS``), their shape and the project version."""
-    return {"format": FORMAT, "count": count, "dim": spec.embedding_size,
+def index_meta(spec: ModelSpec, amp: bool, source_root: Path) -> dict:
+    """index.json but the item count: what the embeddings depend on (``SETTINGS``), D and the project version."""
+    return {"format": FORMAT, "dim": spec.embedding_size,
             "weights": {"file": str(spec.weights), "sha256": spec.sha256}, "model": spec.flags(),
             "transform": spec.transform(), "amp": amp, "source": str(source_root.resolve()), "version": git_commit()}
 
@@ -90,7 +90,6 @@ class Plan:
 
     records: list[Record]  # in source order
     old_rows: np.ndarray  # (N,) int64 row of the previous index holding the item's embedding, -1: embed it
-    dropped: int  # items of the previous index that are gone or changed
     missing: list[str]  # listed paths that are not there
 
 
@@ -107,8 +106,7 @@ def plan_update(source: Source, previous: index_dir.Stored | None) -> Plan:
         record = Record(item.path, item.label, stat.st_size, stat.st_mtime_ns)
         records.append(record)
         rows.append(old.get((record.path, record.size, record.mtime_ns), -1))
-    old_rows = np.array(rows, dtype=np.int64)
-    return Plan(records, old_rows, len(old) - int((old_rows >= 0).sum()), missing)
+    return Plan(records, np.array(rows, dtype=np.int64), missing)
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -118,7 +116,7 @@ def build(args: argparse.Namespace) -> dict:
     folder = Path(args.out)
     with index_dir.locked(folder):
         previous = index_dir.read_index(folder)
-        meta = index_meta(spec, args.amp, source.root, 0)
+        meta = index_meta(spec, args.amp, source.root)
         if previous is not None and not args.rebuild:
             check_settings(previous.meta, meta, folder)
         plan = plan_update(source, None if args.rebuild else previous)
