@@ -36,6 +36,7 @@ from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint
                                 resume_checkpoint, selection_key, upgraded_checkpoint,
                                 write_outputs)
 from experiment.tensorboard import TensorBoardLog
+from experiment.trained_model import DATA_FLAGS, MODEL_FLAGS, adopt_flags_of_weights
 from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
@@ -399,10 +400,17 @@ def build_data(args: argparse.Namespace, device: torch.device, ctx: Context = Co
 
 
 def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context = Context()) -> dict[str, float]:
-    """--mode eval: evaluate --load (or, saying so, the initial model) and write the requested extras."""
+    """--mode eval: evaluate --load (or, saying so, the initial model) and write the requested extras.
+
+    The model and data flags not given are read from the run that wrote --load, when it is one of ours.
+    """
     if args.load is None:
         print("No --load given: evaluating the initial model ("
               + ("ImageNet backbone" if args.pretrained else "random backbone") + ", random embedding head)")
+    else:
+        lines, _ = adopt_flags_of_weights(args, MODEL_FLAGS + DATA_FLAGS, "evaluating")
+        for line in lines if ctx.is_main else []:
+            print(line)
     model = build_run_model(args, device)
     _, eval_sets, _, eval_loaders = build_data(args, device, ctx)
     embedded: dict = {}
