@@ -1,7 +1,7 @@
-"""Images to index or search with: a folder, a folder of class sub-folders, an image, or a text file of paths.
+"""Images to index or search with: a folder, a folder of class sub-folders, an image, a text file of paths, or a
+CSV manifest (``--dataset csv``'s format).
 
-``read_source`` is the one place that turns a SOURCE argument into items;
-another kind of source (a CSV manifest) is one more branch there.
+``read_source`` is the one place that turns a SOURCE argument into items.
 """
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from dataset.benchmark import IMAGE_EXTENSIONS
 from dataset.decode import load_rgb
+from dataset.manifest import read_manifest
 from errors import UserError
 
 
@@ -67,13 +68,28 @@ def _path_list(listing: Path) -> list[Item]:
     return items
 
 
+def _manifest(manifest: Path) -> list[Item]:
+    """Every image of a checked manifest once (its first row), labelled, with paths relative to the CSV's folder
+    where they lie under it."""
+    items = {}
+    for row in read_manifest(manifest):
+        path = Path(row.path)
+        relative = path.relative_to(manifest.parent.resolve()) if path.is_relative_to(manifest.parent.resolve()) \
+            else path
+        items.setdefault(relative.as_posix(), Item(relative.as_posix(), row.label))
+    return list(items.values())
+
+
 def read_source(source: str | Path) -> Source:
-    """The items of SOURCE: an image file, a folder (recursive; see ``_folder``) or a text file of paths."""
+    """The items of SOURCE: an image file, a folder (recursive; see ``_folder``), a CSV manifest (every row's image,
+    with its label) or a text file of paths."""
     source = Path(source)
     if source.is_dir():
         root, items = source, _folder(source)
     elif source.is_file() and is_image(source):
         root, items = source.parent, [Item(source.name, None)]
+    elif source.is_file() and source.suffix.lower() == ".csv":
+        root, items = source.parent, _manifest(source)
     elif source.is_file():
         root, items = source.parent, _path_list(source)
     else:

@@ -333,3 +333,22 @@ def test_bad_inputs_are_one_line_errors(run_dir, tmp_path, capsys):
     assert (mine / "notes.txt").read_bytes() == b"my own file" and len(list(mine.iterdir())) == 1
     assert search.cli(["--index", str(tmp_path / "nothing"), "--query", str(images)]) == 1
     assert "not found; build it with python -m tools.index" in capsys.readouterr().err
+
+
+def test_a_manifest_source_indexes_each_image_once_with_its_label(run_dir, tmp_path):
+    """A CSV manifest (--dataset csv's format) is a SOURCE: every listed image once, labelled by its row."""
+    images = gallery_tree(tmp_path / "gallery")
+    outside = tmp_path / "elsewhere" / "x.jpg"
+    write(outside, jpeg_bytes(7))
+    rows = ["path,label,split", "class_0/0.jpg,a,train", "class_1/0.jpg,b,test", "class_1/1.jpg,b,test",
+            f"{outside},c,test", "class_0/0.jpg,a,test"]
+    (images / "list.csv").write_text("\n".join(rows) + "\n")
+    counts = build(run_dir, images / "list.csv", tmp_path / "idx")
+    assert counts["items"] == 4
+    records = [json.loads(line) for line in (tmp_path / "idx" / "items.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["label"]) for r in records] == [("class_0/0.jpg", "a"), ("class_1/0.jpg", "b"),
+                                                          ("class_1/1.jpg", "b"), (outside.as_posix(), "c")]
+    expected = reference_embeddings(run_dir, [images / "class_0/0.jpg", images / "class_1/0.jpg",
+                                              images / "class_1/1.jpg", outside])
+    emb = np.load(tmp_path / "idx" / "embeddings.npy")
+    torch.testing.assert_close(torch.from_numpy(emb), expected, rtol=1e-5, atol=1e-6)
