@@ -3,6 +3,7 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +16,9 @@ LOCK_NAME = ".lock"
 RUN_FILES = ("checkpoint.pth", "best.pth", "last.pth", "metrics.jsonl", "result.txt")
 OUTPUT_FILES = RUN_FILES + ("best_val.pth", "config.json", "curves.png", "mdr_histogram.png", "mdr_distances.pt",
                             "retrievals.png", "embeddings.pt")
+OUTPUT_DIRS = ("tb",)
+# What a run writes before its first checkpoint: a folder holding only these has no run that could be lost.
+BEFORE_CHECKPOINT = ("config.json", "tb")
 
 
 def resume_dir(resume: str | Path) -> Path:
@@ -29,9 +33,43 @@ def resume_checkpoint(resume: str | Path) -> Path:
     return path / "checkpoint.pth" if path.is_dir() else path
 
 
+def outputs_in(folder: Path) -> list[str]:
+    """The names of the run outputs (files, and folders such as tb/) that ``folder`` holds."""
+    return [name for name in OUTPUT_FILES + OUTPUT_DIRS if (folder / name).exists() or (folder / name).is_symlink()]
+
+
 def holds_run(folder: Path) -> bool:
-    """Whether ``folder`` holds the outputs of a run (training, or an evaluation's exports)."""
-    return any((folder / name).exists() for name in OUTPUT_FILES)
+    """Whether ``folder`` holds outputs a new run would destroy: a checkpoint, weights, records, an evaluation's
+    exports. What a run stopped before its first checkpoint leaves (config.json, tb/) holds nothing to continue."""
+    return any(name not in BEFORE_CHECKPOINT for name in outputs_in(folder))
+
+
+def remove_outputs(folder: Path) -> None:
+    """Delete every output of the run in ``folder`` (files and the tb/ folder); other files are left alone."""
+    for name in OUTPUT_FILES + OUTPUT_DIRS:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def refusal(folder: Path) -> str:
+    """Why a new run may not take ``folder``, which ``holds_run``, and what to do instead."""
+    if (folder / "checkpoint.pth").is_file():
+        return (f"{folder} already holds a run; continue it with --resume {folder}, choose another --save-dir, "
+                "or pass --overwrite to replace it")
+    return (f"{folder} already holds a run's outputs ({', '.join(outputs_in(folder))}) but no checkpoint.pth to "
+            "continue; choose another --save-dir, or pass --overwrite to replace them")
+
+
+def take_over(folder: Path) -> None:
+    """Clear what a run stopped before its first checkpoint left in ``folder``, saying so."""
+    left = outputs_in(folder)
+    if left:
+        print(f"{folder} holds only {' and '.join(left)} of a run stopped before its first checkpoint, nothing "
+              "to continue; this run takes the folder")
+        remove_outputs(folder)
 
 
 def _lock(folder: Path) -> int | None:
@@ -63,16 +101,24 @@ def remove_temporaries(folder: Path) -> list[Path]:
 
 
 def _claim_default() -> tuple[Path, int]:
-    """``./result``, or the first of ``./result_1``, ``./result_2``, ... that holds no run and is not locked."""
+    """``./result``, or the first of ``./result_1``, ``./result_2``, ... that is a folder (or nothing yet),
+    holds no run and is not locked."""
+    taken = None
     for n in itertools.count():
         folder = Path(DEFAULT_SAVE_DIR if n == 0 else f"{DEFAULT_SAVE_DIR}_{n}")
+        if folder.exists() and not folder.is_dir():
+            taken = taken or "is a file"
+            continue
         fd = _lock(folder)
-        if fd is not None and not holds_run(folder):
-            if n:
-                print(f"{DEFAULT_SAVE_DIR} holds another run; this run writes to {folder}")
-            return folder, fd
-        if fd is not None:
-            os.close(fd)
+        if fd is None or holds_run(folder):
+            taken = taken or ("is in use by another run" if fd is None else "holds another run")
+            if fd is not None:
+                os.close(fd)
+            continue
+        if taken:
+            print(f"{DEFAULT_SAVE_DIR} {taken}; this run writes to {folder}")
+        take_over(folder)
+        return folder, fd
     raise AssertionError("unreachable")
 
 
@@ -87,11 +133,11 @@ def _claim(save_dir: str | None, resume: str | None, overwrite: bool) -> tuple[P
     if resume is None and holds_run(folder):
         if not overwrite:
             os.close(fd)
-            raise UserError(f"{folder} already holds a run; continue it with --resume {folder}, choose another "
-                            "--save-dir, or pass --overwrite to replace it")
+            raise UserError(refusal(folder))
         print(f"--overwrite: deleting the outputs of the run in {folder}")
-        for name in OUTPUT_FILES:
-            (folder / name).unlink(missing_ok=True)
+        remove_outputs(folder)
+    elif resume is None:
+        take_over(folder)
     return folder, fd
 
 
@@ -102,7 +148,8 @@ def claim_run_dir(save_dir: str | None, resume: str | None = None, overwrite: bo
     ``--resume`` writes into its own folder. An explicit ``--save-dir`` that
     holds a run is refused unless ``overwrite``, which deletes its outputs. With
     neither, the default ``./result`` is used, or the next free ``./result_N``.
-    Temporary files left by a killed save are removed.
+    A folder holding only what a run stopped before its first checkpoint left
+    is taken and cleared. Temporary files left by a killed save are removed.
     """
     folder, fd = _claim(save_dir, resume, overwrite)
     try:
