@@ -423,17 +423,10 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
 def checked_resume(state: dict, args: argparse.Namespace, save_dir: Path, ctx: Context) -> tuple[dict, bool]:
     """(the resumed checkpoint completed to this version's fields, whether it has epochs left).
 
-    Rank 0 checks the flags and rebuilds the derived files, so a run killed
-    after its checkpoint was written loses nothing.
+    Rank 0 checks the flags; the data and weights are checked once loaded (``record_run``).
     """
     state = upgraded_checkpoint(state, save_dir, selection_key(args.recall))
-
-    def check() -> bool:
-        unfinished = check_resume(state, args, str(save_dir))
-        write_outputs(save_dir, state)
-        return unfinished
-
-    return state, distributed.on_main(ctx, check)
+    return state, distributed.on_main(ctx, lambda: check_resume(state, args, str(save_dir)))
 
 
 def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: Context = Context(),
@@ -442,16 +435,21 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
 
     At the end of each epoch the checkpoint is written first; best.pth,
     last.pth, metrics.jsonl and result.txt are then derived from it, and a
-    resume derives them again, so a kill at any moment loses nothing. Under
-    torchrun the model is wrapped in DDP and only rank 0 writes.
+    resume derives them again, so a kill at any moment loses nothing. A resume
+    writes nothing before its flags, data and weights have passed the checks.
+    Under torchrun the model is wrapped in DDP and only rank 0 writes.
     """
     if resumed is not None:
         resumed, unfinished = checked_resume(resumed, args, save_dir, ctx)
         if not unfinished:
+            distributed.on_main(ctx, lambda: write_outputs(save_dir, resumed))
             return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device, ctx)
-    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets}))
+    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets},
+                                                resuming=resumed is not None))
+    if resumed is not None:
+        distributed.on_main(ctx, lambda: write_outputs(save_dir, resumed))
     val_loaders = {"test": eval_loaders.pop("val")} if "val" in eval_loaders else {}
     negatives = torch.Generator(device=device).manual_seed(args.seed)
     criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1, negatives)
