@@ -519,7 +519,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                             **prefixed(val)})
             checkpoint(epoch, results, best, best_epoch, history)
             if tb:
-                tb.log_epoch(history[-1], next(iter(embedded.values()))[0], mdr, not args.l2norm)
+                tb.log_epoch(history[-1], next(iter(embedded.values()))[0] if evaluated else None, mdr,
+                             not args.l2norm)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))
     except KeyboardInterrupt as exc:
