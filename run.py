@@ -32,7 +32,7 @@ from experiment.extraction import extract
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
-                                resume_checkpoint, selection_key, upgraded_checkpoint,
+                                resume_checkpoint, save_run_file, selection_key, upgraded_checkpoint,
                                 write_outputs)
 from experiment.tensorboard import TensorBoardLog
 from experiment.validation import prefixed, split_validation, val_selected_epoch
@@ -473,7 +473,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
                  "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key)}
         if ctx.is_main:
-            save_atomic(state, save_dir / "checkpoint.pth")
+            save_run_file(state, save_dir / "checkpoint.pth")
             write_outputs(save_dir, state)
 
     key = selection_key(args.recall)

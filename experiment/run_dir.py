@@ -1,4 +1,5 @@
 """The run folder: which one a run writes to, its lock, and the files rebuilt from its checkpoint."""
+import errno
 import fcntl
 import itertools
 import json
@@ -8,11 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 from errors import UserError
 from model.checkpoint import atomic_file, read_weights_file, save_atomic
 
 DEFAULT_SAVE_DIR = "./result"
 LOCK_NAME = ".lock"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 RUN_FILES = ("checkpoint.pth", "best.pth", "last.pth", "metrics.jsonl", "result.txt")
 OUTPUT_FILES = RUN_FILES + ("best_val.pth", "config.json", "curves.png", "mdr_histogram.png", "mdr_distances.pt",
                             "retrievals.png", "embeddings.pt")
@@ -184,9 +188,51 @@ def selection_key(ks: list[int]) -> str:
     return f"Recall@{1 if 1 in ks else min(ks)}"
 
 
+def saved_bytes(obj: object) -> int:
+    """About how many bytes ``torch.save(obj)`` writes: the bytes of its tensors (the rest is small)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.numel()
+    if isinstance(obj, dict):
+        return sum(saved_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(saved_bytes(v) for v in obj)
+    return len(obj) if isinstance(obj, bytes) else 0
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it arose from is a full disk (torch.save wraps it in a RuntimeError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextmanager
+def disk_full_reported(path: Path, size: int) -> Iterator[None]:
+    """Turn a full disk while the ``with`` writes ``path`` (``size`` bytes) into one line; the atomic write
+    has kept the previous ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not _out_of_space(exc):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise UserError(f"the disk is full: writing {path} needs about {size / 2**20:.1f} MiB and "
+                        f"{free / 2**20:.1f} MiB are free there; the previous {path.name} is kept: free some "
+                        f"space, then continue with --resume {path.parent}") from None
+
+
+def save_run_file(obj: object, path: Path) -> None:
+    """``save_atomic`` of a run's file, a full disk reported as one line."""
+    with disk_full_reported(path, saved_bytes(obj)):
+        save_atomic(obj, path)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_file(path) as f:
-        f.write(text.encode())
+    data = text.encode()
+    with disk_full_reported(path, len(data)), atomic_file(path) as f:
+        f.write(data)
 
 
 def write_outputs(folder: Path, checkpoint: dict) -> None:
@@ -198,12 +244,12 @@ def write_outputs(folder: Path, checkpoint: dict) -> None:
     """
     history, key = checkpoint["history"], checkpoint["key"]
     if checkpoint["best_epoch"] == checkpoint["epoch"]:
-        save_atomic(checkpoint["model"], folder / "best.pth")
+        save_run_file(checkpoint["model"], folder / "best.pth")
     if checkpoint.get("best_val_epoch") == checkpoint["epoch"]:
-        save_atomic(checkpoint["model"], folder / "best_val.pth")
+        save_run_file(checkpoint["model"], folder / "best_val.pth")
     if not history:
         return
-    save_atomic(checkpoint["model"], folder / "last.pth")
+    save_run_file(checkpoint["model"], folder / "last.pth")
     write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     write_text_atomic(folder / "result.txt", "Best %s: %.4f\nFinal %s: %.4f\n"
                       % (key, checkpoint["best"], key, history[-1].get(key, checkpoint["results"][key])))
