@@ -12,7 +12,7 @@ import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint
                                 write_outputs)
 from experiment.tensorboard import TensorBoardLog
 from experiment.validation import prefixed, split_validation, val_selected_epoch
-from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
+from loss.criterion import LOSS_NAMES, build_criterion, check_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from metric.nmi import nmi
@@ -173,7 +173,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
                     scaler: torch.amp.GradScaler | None = None, ctx: Context = Context(),
                     on_step: Callable[[int, float, float, float], None] | None = None,
-                    normalize: DeviceNormalize | None = None) -> float:
+                    normalize: DeviceNormalize | None = None, loss_name: str = "triplet",
+                    loss_args: Sequence[str] = ()) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
@@ -185,6 +186,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     ``on_step``, if given, is called after each step with (iteration, base
     loss, MDR term, learning rate of the first parameter group). ``normalize``
     turns uint8 batches into the network's float input on the device.
+    ``loss_name`` and ``loss_args`` (--loss, --loss-args) name the base loss in errors.
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -211,7 +213,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss_mdr = mdr.regularizer(embedding, lambda_mdr, nu_mdr)
         loss = loss_triplet + loss_mdr
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where))
+            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where, loss_name, loss_args))
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -233,12 +235,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     return mean
 
 
-def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
-    """The message for a non-finite loss from finite embeddings, naming the term that overflowed."""
+def non_finite_advice(base: float, regularizer: float, where: str, loss_name: str = "triplet",
+                      loss_args: Sequence[str] = ()) -> str:
+    """The message for a non-finite loss from finite embeddings, naming the term that overflowed and, for
+    the base loss, the --loss-args that may have made it so."""
     if not math.isfinite(regularizer):
         return (f"the MDR term became non-finite ({regularizer}) {where}; its levels diverged: lower --lambda-mdr, "
                 "--nu-mdr or --lr")
-    return f"the triplet loss became non-finite ({triplet}) {where}; check the data and lower --lr"
+    if loss_args:
+        return (f"the {loss_name} loss became non-finite ({base}) {where}, with --loss-args {' '.join(loss_args)}: "
+                "a value that divides by zero or overflows (a temperature of 0, a huge margin) does this; change "
+                "it, or drop --loss-args for the library's defaults")
+    return f"the {loss_name} loss became non-finite ({base}) {where}; check the data and lower --lr"
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
@@ -371,6 +379,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     with distributed.process_group(ctx, device), contextlib.ExitStack() as stack:
         if args.mode == "eval":
             return evaluate_only(args, device, ctx)
+        distributed.on_main(ctx, lambda: check_criterion(args))
         save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
             claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")
@@ -502,7 +511,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             sampler.set_epoch(epoch)
             on_step = partial(tb.log_iteration, epoch) if tb else None
             loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize)
+                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize, args.loss,
+                                   args.loss_args)
             scheduler.step()
             evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
             val = {}
