@@ -374,8 +374,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     device = distributed.device_for(ctx, select_device(args.device))
     configure_backends(device, args.deterministic)
     if args.batch % ctx.world:
-        raise UserError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
-                        f"use a multiple of {ctx.world}")
+        raise distributed.SharedError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
+                                      f"use a multiple of {ctx.world}")
     with distributed.process_group(ctx, device), contextlib.ExitStack() as stack:
         if args.mode == "eval":
             return evaluate_only(args, device, ctx)
@@ -566,15 +566,21 @@ def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
     """The command line: one line on stderr and a non-zero exit code for every problem the user can fix."""
     signal.signal(signal.SIGTERM, raise_terminated)
     args = parse_args(argv, dataset)
+    ctx = distributed.from_environment()
     try:
         main(args)
     except Interrupted as exc:
-        if distributed.from_environment().is_main:
+        if ctx.is_main:
             print(f"{exc}", file=sys.stderr)
         return exc.exit_code
     except UserError as exc:
-        if distributed.from_environment().is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
+        if ctx.is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
             print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not distributed.peer_lost(exc, ctx):
+            raise
+        distributed.let_the_cause_report()
         return 1
     except KeyboardInterrupt as exc:
         print("interrupted before training started; nothing to save", file=sys.stderr)
