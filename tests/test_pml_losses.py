@@ -142,7 +142,7 @@ def test_loss_args_the_loss_cannot_use_are_one_line_before_the_run_starts(tmp_pa
                                                                           reason):
     save = tmp_path / "run"
     code = run.cli(SMALL + ["--loss", name, "--loss-args", *loss_args, "--data", str(tmp_path / "data"),
-                            "--save-dir", str(save)])
+                            "--no-download", "--save-dir", str(save)])  # the check comes before any data
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: --loss-args {named}: --loss {name} ") and reason in err
