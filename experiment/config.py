@@ -12,9 +12,9 @@ import PIL
 import torch
 import torchvision
 
+from errors import UserError
 from experiment.guards import CANONICAL, PAPER_NEEDS_IMAGENET, check_data, split_counts, weights_record
 from experiment.resume import run_flags
-from errors import UserError
 from experiment.run_dir import write_text_atomic
 from model import imagenet_weights_file
 
