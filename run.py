@@ -379,7 +379,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     with distributed.process_group(ctx, device), contextlib.ExitStack() as stack:
         if args.mode == "eval":
             return evaluate_only(args, device, ctx)
-        distributed.on_main(ctx, lambda: check_criterion(args))
+        if args.resume is None:  # a resume's --loss-args are the run's own: the flag check refuses others
+            distributed.on_main(ctx, lambda: check_criterion(args))
         save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
             claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")
