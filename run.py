@@ -11,7 +11,7 @@ import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -33,12 +33,12 @@ from experiment.flags import bounded_int, check_args, expand_original_abbreviati
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
 from experiment.rng import rng_state, set_rng_state
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
-                                resume_checkpoint, selection_key, upgraded_checkpoint,
+                                resume_checkpoint, save_run_file, selection_key, upgraded_checkpoint,
                                 write_outputs)
 from experiment.tensorboard import TensorBoardLog
 from experiment.trained_model import DATA_FLAGS, MODEL_FLAGS, adopt_flags_of_weights
 from experiment.validation import prefixed, split_validation, val_selected_epoch
-from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
+from loss.criterion import LOSS_NAMES, build_criterion, check_criterion, loss_arg, loss_param_groups
 from loss.mdr import MDRLoss
 from loss.sampler import SAMPLERS
 from metric.nmi import nmi
@@ -178,7 +178,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
                     scaler: "torch.amp.GradScaler | None" = None, ctx: Context = Context(),
                     on_step: Callable[[int, float, float, float], None] | None = None,
-                    normalize: DeviceNormalize | None = None) -> float:
+                    normalize: DeviceNormalize | None = None, loss_name: str = "triplet",
+                    loss_args: Sequence[str] = ()) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
@@ -190,6 +191,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     ``on_step``, if given, is called after each step with (iteration, base
     loss, MDR term, learning rate of the first parameter group). ``normalize``
     turns uint8 batches into the network's float input on the device.
+    ``loss_name`` and ``loss_args`` (--loss, --loss-args) name the base loss in errors.
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -216,7 +218,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss_mdr = mdr.regularizer(embedding, lambda_mdr, nu_mdr)
         loss = loss_triplet + loss_mdr
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where))
+            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where, loss_name, loss_args))
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -238,12 +240,18 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     return mean
 
 
-def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
-    """The message for a non-finite loss from finite embeddings, naming the term that overflowed."""
+def non_finite_advice(base: float, regularizer: float, where: str, loss_name: str = "triplet",
+                      loss_args: Sequence[str] = ()) -> str:
+    """The message for a non-finite loss from finite embeddings, naming the term that overflowed and, for
+    the base loss, the --loss-args that may have made it so."""
     if not math.isfinite(regularizer):
         return (f"the MDR term became non-finite ({regularizer}) {where}; its levels diverged: lower --lambda-mdr, "
                 "--nu-mdr or --lr")
-    return f"the triplet loss became non-finite ({triplet}) {where}; check the data and lower --lr"
+    if loss_args:
+        return (f"the {loss_name} loss became non-finite ({base}) {where}, with --loss-args {' '.join(loss_args)}: "
+                "a value that divides by zero or overflows (a temperature of 0, a huge margin) does this; change "
+                "it, or drop --loss-args for the library's defaults")
+    return f"the {loss_name} loss became non-finite ({base}) {where}; check the data and lower --lr"
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
@@ -362,11 +370,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     device = distributed.device_for(ctx, select_device(args.device))
     configure_backends(device, args.deterministic)
     if args.batch % ctx.world:
-        raise UserError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
-                        f"use a multiple of {ctx.world}")
+        raise distributed.SharedError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
+                                      f"use a multiple of {ctx.world}")
     with distributed.process_group(ctx, device), contextlib.ExitStack() as stack:
         if args.mode == "eval":
             return evaluate_only(args, device, ctx)
+        if args.resume is None:  # a resume's --loss-args are the run's own: the flag check refuses others
+            distributed.on_main(ctx, lambda: check_criterion(args))
         save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
             claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")
@@ -427,17 +437,10 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
 def checked_resume(state: dict, args: argparse.Namespace, save_dir: Path, ctx: Context) -> tuple[dict, bool]:
     """(the resumed checkpoint completed to this version's fields, whether it has epochs left).
 
-    Rank 0 checks the flags and rebuilds the derived files, so a run killed
-    after its checkpoint was written loses nothing.
+    Rank 0 checks the flags; the data and weights are checked once loaded (``record_run``).
     """
     state = upgraded_checkpoint(state, save_dir, selection_key(args.recall))
-
-    def check() -> bool:
-        unfinished = check_resume(state, args, str(save_dir))
-        write_outputs(save_dir, state)
-        return unfinished
-
-    return state, distributed.on_main(ctx, check)
+    return state, distributed.on_main(ctx, lambda: check_resume(state, args, str(save_dir)))
 
 
 def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: Context = Context(),
@@ -446,16 +449,21 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
 
     At the end of each epoch the checkpoint is written first; best.pth,
     last.pth, metrics.jsonl and result.txt are then derived from it, and a
-    resume derives them again, so a kill at any moment loses nothing. Under
-    torchrun the model is wrapped in DDP and only rank 0 writes.
+    resume derives them again, so a kill at any moment loses nothing. A resume
+    writes nothing before its flags, data and weights have passed the checks.
+    Under torchrun the model is wrapped in DDP and only rank 0 writes.
     """
     if resumed is not None:
         resumed, unfinished = checked_resume(resumed, args, save_dir, ctx)
         if not unfinished:
+            distributed.on_main(ctx, lambda: write_outputs(save_dir, resumed))
             return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device, ctx)
-    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets}))
+    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets},
+                                                resuming=resumed is not None))
+    if resumed is not None:
+        distributed.on_main(ctx, lambda: write_outputs(save_dir, resumed))
     val_loaders = {"test": eval_loaders.pop("val")} if "val" in eval_loaders else {}
     negatives = torch.Generator(device=device).manual_seed(args.seed)
     criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1, negatives)
@@ -481,7 +489,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                  "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key),
                  "scaler": scaler.state_dict() if scaler is not None else {}}
         if ctx.is_main:
-            save_atomic(state, save_dir / "checkpoint.pth")
+            save_run_file(state, save_dir / "checkpoint.pth")
             write_outputs(save_dir, state)
 
     key = selection_key(args.recall)
@@ -512,7 +520,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             sampler.set_epoch(epoch)
             on_step = partial(tb.log_iteration, epoch) if tb else None
             loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize)
+                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize, args.loss,
+                                   args.loss_args)
             scheduler.step()
             evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
             val = {}
@@ -529,7 +538,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                             **prefixed(val)})
             checkpoint(epoch, results, best, best_epoch, history)
             if tb:
-                tb.log_epoch(history[-1], next(iter(embedded.values()))[0], mdr, not args.l2norm)
+                tb.log_epoch(history[-1], next(iter(embedded.values()))[0] if evaluated else None, mdr,
+                             not args.l2norm)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))
     except KeyboardInterrupt as exc:
@@ -565,15 +575,21 @@ def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
     """The command line: one line on stderr and a non-zero exit code for every problem the user can fix."""
     signal.signal(signal.SIGTERM, raise_terminated)
     args = parse_args(argv, dataset)
+    ctx = distributed.from_environment()
     try:
         main(args)
     except Interrupted as exc:
-        if distributed.from_environment().is_main:
+        if ctx.is_main:
             print(f"{exc}", file=sys.stderr)
         return exc.exit_code
     except UserError as exc:
-        if distributed.from_environment().is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
+        if ctx.is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
             print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not distributed.peer_lost(exc, ctx):
+            raise
+        distributed.let_the_cause_report()
         return 1
     except KeyboardInterrupt as exc:
         print("interrupted before training started; nothing to save", file=sys.stderr)

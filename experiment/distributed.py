@@ -5,6 +5,7 @@ is a no-op for one process, so ``python run.py`` behaves as before.
 """
 import os
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +20,14 @@ from errors import UserError
 T = TypeVar("T")
 
 
+# How gloo and the TCP store fail when another process of the run has ended (crashed, killed, stopped on an error).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+CAUSE_GRACE_S = 2.0  # how long a process that lost a peer waits, so that the failed one reports first
+
+
 class SharedError(UserError):
-    """Rank 0's UserError, raised on the other ranks too; rank 0 reports it."""
+    """A UserError every rank meets alike (rank 0's, given to the others, or one each finds itself);
+    rank 0 alone reports it."""
 
 
 @dataclass(frozen=True)
@@ -151,3 +158,21 @@ def shard_range(n: int, ctx: Context) -> range:
     base, extra = divmod(n, ctx.world)
     start = ctx.rank * base + min(ctx.rank, extra)
     return range(start, start + base + (ctx.rank < extra))
+
+
+def peer_lost(exc: BaseException, ctx: Context) -> bool:
+    """Whether ``exc`` is a collective or store call failing because another process of the run ended.
+
+    That process printed its own error (or torchrun reports how it ended), so
+    this one has nothing to add.
+    """
+    return ctx.active and isinstance(exc, RuntimeError) and any(text in str(exc) for text in PEER_LOST)
+
+
+def let_the_cause_report(seconds: float = CAUSE_GRACE_S) -> None:
+    """Wait ``seconds`` before ending on a lost peer: the process that failed first prints its error and exits,
+    and torchrun names it as the root cause, before torchrun stops the others (its SIGTERM ends the wait)."""
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
