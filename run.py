@@ -493,7 +493,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     else:
         results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx,
                            normalize=normalize)
-        start, best, best_epoch, history = 1, results[key], 0, []
+        start, best, best_epoch = 1, results[key], 0
+        history = [{"epoch": 0, "lr": optimizer.param_groups[0]["lr"], "levels": mdr.levels.tolist(), **results}]
         checkpoint(0, results, best, best_epoch, history)
 
     epoch = start - 1

@@ -3,6 +3,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -137,6 +138,23 @@ def selection_key(ks: list[int]) -> str:
     return f"Recall@{1 if 1 in ks else min(ks)}"
 
 
+# result.txt's first line: "Best Recall@1: 77.5000 (epoch 12)"; runs from before the epoch was written lack it.
+BEST_LINE = re.compile(r"Best (\S+): (\S+)(?: \(epoch (\d+)\))?")
+
+
+def read_best(folder: Path) -> tuple[str, float, int | None] | None:
+    """(metric, best value, its epoch or None when not recorded) of ``folder/result.txt``; None without one."""
+    path = folder / "result.txt"
+    found = BEST_LINE.match(path.read_text(errors="replace")) if path.is_file() else None
+    if found is None:
+        return None
+    try:
+        value = float(found.group(2))
+    except ValueError:
+        return None
+    return found.group(1), value, int(found.group(3)) if found.group(3) else None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_file(path) as f:
         f.write(text.encode())
@@ -158,8 +176,9 @@ def write_outputs(folder: Path, checkpoint: dict) -> None:
         return
     save_atomic(checkpoint["model"], folder / "last.pth")
     write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    write_text_atomic(folder / "result.txt", "Best %s: %.4f\nFinal %s: %.4f\n"
-                      % (key, checkpoint["best"], key, history[-1].get(key, checkpoint["results"][key])))
+    epoch = f" (epoch {checkpoint['best_epoch']})" if checkpoint["best_epoch"] >= 0 else ""  # -1: unknown
+    write_text_atomic(folder / "result.txt", "Best %s: %.4f%s\nFinal %s: %.4f\n"
+                      % (key, checkpoint["best"], epoch, key, history[-1].get(key, checkpoint["results"][key])))
 
 
 def read_checkpoint(path: Path) -> dict:
