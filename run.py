@@ -37,7 +37,7 @@ from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint
 from experiment.tensorboard import TensorBoardLog
 from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
-from loss.mdr import MDRLoss
+from loss.mdr import LEVELS, MOMENTUM, MDRLoss
 from loss.sampler import SAMPLERS
 from metric.nmi import nmi
 from metric.retrieval import retrieval_metrics
@@ -82,6 +82,11 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
                    help="weight of the MDR regulariser (0: off)")
     p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--mdr-levels", type=finite_float(None), nargs="+", default=list(LEVELS), metavar="LEVEL",
+                   help="initial MDR levels, in running standard deviations of the distances (the authors' "
+                        "-3 0 3; they are learnt from there)")
+    p.add_argument("--mdr-momentum", type=finite_float(False, 1.0), default=MOMENTUM, metavar="M",
+                   help="momentum of MDR's running mean and std of the distances, 0 to 1 (the authors' 0.9)")
     p.add_argument("--loss", choices=LOSS_NAMES, default="triplet",
                    help="base loss: the authors' triplet, or a pytorch-metric-learning loss (pip install "
                         "pytorch-metric-learning) with the library's defaults; MDR adds to any of them")
@@ -456,7 +461,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     negatives = torch.Generator(device=device).manual_seed(args.seed)
     criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1, negatives)
     criterion = criterion.to(device)
-    mdr = MDRLoss().to(device)
+    mdr = MDRLoss(args.mdr_levels, args.mdr_momentum).to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
                                   {"params": mdr.parameters(), "lr": args.lr}]
                                  + loss_param_groups(criterion, args.lr, args.loss_lr_mult), weight_decay=1e-5)
