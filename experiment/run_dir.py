@@ -127,10 +127,26 @@ def upgraded_checkpoint(state: dict, folder: Path, key: str) -> dict:
 
 
 def read_history(folder: Path) -> list[dict]:
-    """The epoch records of ``folder/metrics.jsonl``, oldest first; [] when there is none."""
+    """The epoch records of ``folder/metrics.jsonl``, oldest first; [] when there is none.
+
+    A line that is not a record of run.py (a truncated write, another tool's file) is a UserError naming it.
+    """
     path = folder / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            record = exc.msg
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            why = record if isinstance(record, str) else "not an epoch record"
+            raise UserError(f"{path} line {number} is not a record of run.py ({why}; a truncated write?); "
+                            f"--resume {folder} rebuilds metrics.jsonl from the run's checkpoint.pth")
+        records.append(record)
+    return records
 
 
 def selection_key(ks: list[int]) -> str:
