@@ -39,7 +39,7 @@ from experiment.tensorboard import TensorBoardLog
 from experiment.trained_model import DATA_FLAGS, MODEL_FLAGS, adopt_flags_of_weights
 from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import LOSS_NAMES, build_criterion, check_criterion, loss_arg, loss_param_groups
-from loss.mdr import MDRLoss
+from loss.mdr import LEVELS, MOMENTUM, MDRLoss
 from loss.sampler import SAMPLERS
 from metric.nmi import nmi
 from metric.retrieval import retrieval_metrics
@@ -85,6 +85,11 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
                    help="weight of the MDR regulariser (0: off)")
     p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--mdr-levels", type=finite_float(None), nargs="+", default=list(LEVELS), metavar="LEVEL",
+                   help="initial MDR levels, in running standard deviations of the distances (the authors' "
+                        "-3 0 3; they are learnt from there)")
+    p.add_argument("--mdr-momentum", type=finite_float(False, 1.0), default=MOMENTUM, metavar="M",
+                   help="momentum of MDR's running mean and std of the distances, 0 to 1 (the authors' 0.9)")
     p.add_argument("--loss", choices=LOSS_NAMES, default="triplet",
                    help="base loss: the authors' triplet, or a pytorch-metric-learning loss (pip install "
                         "pytorch-metric-learning) with the library's defaults; MDR adds to any of them")
@@ -468,7 +473,7 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     negatives = torch.Generator(device=device).manual_seed(args.seed)
     criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1, negatives)
     criterion = criterion.to(device)
-    mdr = MDRLoss().to(device)
+    mdr = MDRLoss(args.mdr_levels, args.mdr_momentum).to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
                                   {"params": mdr.parameters(), "lr": args.lr}]
                                  + loss_param_groups(criterion, args.lr, args.loss_lr_mult), weight_decay=1e-5)
@@ -509,7 +514,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
     else:
         results = evaluate(model, eval_loaders, args.recall, 0, args.metrics, keep=embedded, ctx=ctx,
                            normalize=normalize, own=own)
-        start, best, best_epoch, history = 1, results[key], 0, []
+        start, best, best_epoch = 1, results[key], 0
+        history = [{"epoch": 0, "lr": optimizer.param_groups[0]["lr"], "levels": mdr.levels.tolist(), **results}]
         checkpoint(0, results, best, best_epoch, history)
 
     epoch = start - 1

@@ -17,6 +17,7 @@ from experiment.guards import (CANONICAL, PAPER_NEEDS_IMAGENET, check_data, sha2
                                weights_record)
 from experiment.resume import run_flags
 from experiment.run_dir import write_text_atomic
+from loss.pml import PML_LOSSES
 from model import imagenet_weights_file
 
 CONFIG_NAME = "config.json"
@@ -138,12 +139,39 @@ def resumed_record(saved: dict | None, found: dict, run_dir: Path) -> dict:
     return {**found, "weights": new or old}
 
 
-def method(flags: dict) -> str:
-    """The method a run's flags train: "mdr" with a non-zero --lambda-mdr, else "l2norm" or "triplet"."""
-    return "mdr" if flags["lambda_mdr"] > 0 else "l2norm" if flags["l2norm"] else "triplet"
+def method_name(flags: dict) -> str:
+    """The method a run's flags train: the base loss, "+L2Norm" with --l2norm, "+MDR" with a non-zero
+    --lambda-mdr ("Triplet+MDR", "MultiSimilarity+L2Norm")."""
+    loss = flags.get("loss", "triplet")
+    base = "Triplet" if loss == "triplet" else PML_LOSSES.get(loss, (loss,))[0].removesuffix("Loss")
+    return base + "+L2Norm" * bool(flags["l2norm"]) + "+MDR" * (flags["lambda_mdr"] > 0)
 
 
 def read_config(run_dir: Path) -> dict | None:
-    """The config.json of ``run_dir``; None when the run has none."""
+    """The config.json of ``run_dir``; None when the run has none. Invalid JSON is a UserError naming the file."""
     path = run_dir / CONFIG_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); it was not written whole "
+                        "by run.py") from None
+
+
+# What config.json must hold for the report: flags that name the run's group, and the data counts.
+RUN_FIELDS = {"dataset": str, "epochs": int, "lambda_mdr": (int, float), "l2norm": bool, "seed": int}
+
+
+def read_run_config(run_dir: Path) -> dict:
+    """The config.json of a run of this project in ``run_dir``; a UserError for a missing, invalid or foreign one."""
+    config = read_config(run_dir)
+    if config is None:
+        raise UserError(f"{run_dir / CONFIG_NAME} not found")
+    flags = config.get("flags") if isinstance(config, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    missing = [k for k, kind in RUN_FIELDS.items() if not isinstance(flags, dict) or not isinstance(flags.get(k), kind)]
+    if missing or not isinstance(data, dict) or not isinstance(data.get("counts"), dict):
+        lacks = ", ".join(f"flags.{k}" for k in missing) or "data.counts"
+        raise UserError(f"{run_dir / CONFIG_NAME} is not written by run.py (it lacks {lacks})")
+    return config

@@ -46,15 +46,19 @@ def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def finite_float(positive: bool) -> Callable[[str], float]:
-    """An argparse type: a finite float, > 0 if ``positive`` else >= 0."""
+def finite_float(positive: bool | None, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite float, > 0 if ``positive``, >= 0 if False, of any sign if None; <= ``high``."""
+    low = {True: "> 0", False: ">= 0", None: ""}[positive]
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'> 0' if positive else '>= 0'}, got {text}")
+        if (not math.isfinite(value) or (positive is not None and value < 0) or (positive and value == 0)
+                or (high is not None and value > high)):
+            bounds = " and ".join(b for b in (low, f"<= {high:g}" if high is not None else "") if b)
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}".rstrip() + f", got {text}")
         return value
     parse.__name__ = "number"
     return parse

@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import shutil
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -177,10 +178,26 @@ def upgraded_checkpoint(state: dict, folder: Path, key: str) -> dict:
 
 
 def read_history(folder: Path) -> list[dict]:
-    """The epoch records of ``folder/metrics.jsonl``, oldest first; [] when there is none."""
+    """The epoch records of ``folder/metrics.jsonl``, oldest first; [] when there is none.
+
+    A line that is not a record of run.py (a truncated write, another tool's file) is a UserError naming it.
+    """
     path = folder / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
+    lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            record = exc.msg
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            why = record if isinstance(record, str) else "not an epoch record"
+            raise UserError(f"{path} line {number} is not a record of run.py ({why}; a truncated write?); "
+                            f"--resume {folder} rebuilds metrics.jsonl from the run's checkpoint.pth")
+        records.append(record)
+    return records
 
 
 def selection_key(ks: list[int]) -> str:
@@ -229,6 +246,23 @@ def save_run_file(obj: object, path: Path) -> None:
         save_atomic(obj, path)
 
 
+# result.txt's first line: "Best Recall@1: 77.5000 (epoch 12)"; runs from before the epoch was written lack it.
+BEST_LINE = re.compile(r"Best (\S+): (\S+)(?: \(epoch (\d+)\))?")
+
+
+def read_best(folder: Path) -> tuple[str, float, int | None] | None:
+    """(metric, best value, its epoch or None when not recorded) of ``folder/result.txt``; None without one."""
+    path = folder / "result.txt"
+    found = BEST_LINE.match(path.read_text(errors="replace")) if path.is_file() else None
+    if found is None:
+        return None
+    try:
+        value = float(found.group(2))
+    except ValueError:
+        return None
+    return found.group(1), value, int(found.group(3)) if found.group(3) else None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     data = text.encode()
     with disk_full_reported(path, len(data)), atomic_file(path) as f:
@@ -251,8 +285,9 @@ def write_outputs(folder: Path, checkpoint: dict) -> None:
         return
     save_run_file(checkpoint["model"], folder / "last.pth")
     write_text_atomic(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    write_text_atomic(folder / "result.txt", "Best %s: %.4f\nFinal %s: %.4f\n"
-                      % (key, checkpoint["best"], key, history[-1].get(key, checkpoint["results"][key])))
+    epoch = f" (epoch {checkpoint['best_epoch']})" if checkpoint["best_epoch"] >= 0 else ""  # -1: unknown
+    write_text_atomic(folder / "result.txt", "Best %s: %.4f%s\nFinal %s: %.4f\n"
+                      % (key, checkpoint["best"], epoch, key, history[-1].get(key, checkpoint["results"][key])))
 
 
 def read_checkpoint(path: Path) -> dict:

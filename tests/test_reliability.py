@@ -50,9 +50,9 @@ def test_resumed_run_ends_with_the_same_weights(cub_root, tmp_path):
     assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"] == 3
     assert (full / "result.txt").read_text() == (part / "result.txt").read_text()
     records = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert {"loss", "mdr_loss", "levels", "lr", "Recall@1"} <= set(records[0])
-    assert records[2]["lr"] == pytest.approx(1e-3 * 0.2)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert {"loss", "mdr_loss", "levels", "lr", "Recall@1"} <= set(records[1])
+    assert records[3]["lr"] == pytest.approx(1e-3 * 0.2)
 
 
 def test_atomic_write_survives_a_failure(tmp_path, monkeypatch):
