@@ -12,16 +12,13 @@ from minidata import make_cub
 from model import build_model
 from model.checkpoint import read_weights_file, save_atomic
 from small_run import SMALL, run_main as _main
+from test_run_safety import _epochs
 from tools import sweep
 
 
 @pytest.fixture(scope="module")
 def cub_root(tmp_path_factory):
     return make_cub(tmp_path_factory.mktemp("data"))
-
-
-def _epochs(folder: Path) -> list[int]:
-    return [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def _contents(folder: Path) -> dict[str, bytes]:
