@@ -13,14 +13,17 @@ import torch.multiprocessing as mp
 import run
 from dataset import CUB200
 from dataset.sampler import PKSampler, SeededShards, augmentation_seed
-from dataset.transforms import build_transforms
+from dataset.transforms import build_transforms, device_normalization
 from experiment import distributed
 from experiment.distributed import Context
 from loss.mdr import MDRLoss
 from loss.sampler import build_sampler
 from loss.triplet import TripletLoss
+from fill import fill_model
 from minidata import make_cub
+import model as model_package
 from model import build_model
+from model.bninception import BNInceptionTrunk
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--batch", "8", "--num-image-per-class", "2",
@@ -76,33 +79,79 @@ def test_a_samples_augmentation_depends_on_its_seed_only(tmp_path):
     assert torch.equal(a, ds[3][0])  # the very crop torch.manual_seed(seed) gives
 
 
-def _step(case: str, images, labels, ctx: Context):
-    """One training step of ``case`` on this rank's slice; returns (loss, model, mdr)."""
+def _step(case: str, batches: list, ctx: Context, backbone: str = "resnet18", filled: bool = False):
+    """Training steps of ``case`` on this rank's slice of each (images, labels) batch; returns (loss, model, mdr).
+
+    ``filled`` gives the model the reference fill (tests/fill.py) instead of torch's initialisation.
+    """
     l2norm, lam, nu = CASES[case]
     torch.manual_seed(0)
-    model = build_model("resnet18", 16, l2norm, pretrained=False)
+    model = build_model(backbone, 16, l2norm, pretrained=False)
+    if filled:
+        fill_model(model)
     mdr = MDRLoss()
     criterion = TripletLoss(sampler=build_sampler("distance", torch.Generator().manual_seed(3)))
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": 1e-3},
                                   {"params": mdr.parameters(), "lr": 1e-3}], weight_decay=1e-5)
     trained = torch.nn.parallel.DistributedDataParallel(model) if ctx.active else model
-    size = len(images) // ctx.world
-    part = slice(ctx.rank * size, (ctx.rank + 1) * size)
-    loss = run.train_one_epoch(trained, [(images[part], labels[part])], optimizer, criterion, mdr, lam, nu, ctx=ctx)
+    parts = []
+    for images, labels in batches:
+        size = len(images) // ctx.world
+        part = slice(ctx.rank * size, (ctx.rank + 1) * size)
+        parts.append((images[part], labels[part]))
+    loss = run.train_one_epoch(trained, parts, optimizer, criterion, mdr, lam, nu, ctx=ctx,
+                               normalize=device_normalization(backbone))
     return loss, model, mdr
 
 
-def _rank_steps(rank: int, world: int, port: int, out: str, images, labels) -> None:
+def _two_batches() -> list:
+    """Two batches of 8 uint8 64 px images, each a colour of its own plus noise, as run.py's loaders give them.
+
+    DDP finds a parameter that got no gradient when the second step starts.
+    """
+    g = torch.Generator().manual_seed(6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+
+    def images() -> torch.Tensor:
+        colour = torch.randint(0, 256, (8, 3, 1, 1), generator=g)
+        return (colour + torch.randint(-30, 31, (8, 3, 64, 64), generator=g)).clamp(0, 255).to(torch.uint8)
+
+    return [(images(), labels), (images(), labels + 4)]
+
+
+def _one_step_jobs(images, labels) -> dict:
+    return {case: (case, "resnet18", [(images, labels)], False) for case in CASES}
+
+
+OTHER_BACKBONES = ("bninception", "timm:resnet10t")
+
+
+def _two_step_jobs() -> dict:
+    """Two steps from the reference fill: torch's initialisation of BN-Inception gives every 64 px image nearly
+    the same features (mean distance 0.2% of the norm), so the head's division by the mean distance turns
+    the ranks' other summation order into 1e-3 of the loss; the fill's, like ImageNet weights, does not."""
+    return {backbone: ("mdr", backbone, _two_batches(), True) for backbone in OTHER_BACKBONES}
+
+
+def _rank_steps(rank: int, world: int, port: int, out: str, jobs: dict) -> None:
+    """Run every job ({name: (case, backbone, batches, filled)}) on this rank; its results go to ``out.RANK``."""
     os.environ.update(loopback_env(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = {}
-        for case in CASES:
-            loss, model, mdr = _step(case, images, labels, Context(rank, world))
-            results[case] = {"loss": loss, "model": model.state_dict(), "mdr": mdr.state_dict()}
+        for name, (case, backbone, batches, filled) in jobs.items():
+            loss, model, mdr = _step(case, batches, Context(rank, world), backbone, filled)
+            results[name] = {"loss": loss, "model": model.state_dict(), "mdr": mdr.state_dict()}
         torch.save(results, f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _on_two_processes(tmp_path: Path, jobs: dict) -> list[dict]:
+    """Each job's results on rank 0 and rank 1 of 2 gloo processes."""
+    out = str(tmp_path / "step")
+    mp.spawn(_rank_steps, args=(2, free_port(), out, jobs), nprocs=2, join=True)
+    return [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
 
 
 def flat(state: dict) -> torch.Tensor:
@@ -116,11 +165,9 @@ def relative(a: dict, b: dict) -> float:
 def test_one_step_on_two_processes_equals_one_process(tmp_path):
     torch.manual_seed(5)
     images, labels = torch.randn(8, 3, 64, 64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    out = str(tmp_path / "step")
-    mp.spawn(_rank_steps, args=(2, free_port(), out, images, labels), nprocs=2, join=True)
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    ranks = _on_two_processes(tmp_path, _one_step_jobs(images, labels))
     for case in CASES:
-        loss, model, mdr = _step(case, images, labels, Context())
+        loss, model, mdr = _step(case, [(images, labels)], Context())
         one = model.state_dict()
         before = build_model("resnet18", 16, CASES[case][0], pretrained=False).state_dict()
         assert ranks[0][case]["loss"] == pytest.approx(loss, rel=1e-5), case
@@ -132,6 +179,38 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path):
         for key, value in ranks[0][case]["mdr"].items():
             assert torch.equal(value, ranks[1][case]["mdr"][key]), (case, key)
             assert torch.allclose(value.float(), mdr.state_dict()[key].float(), rtol=1e-5), (case, key)
+
+
+def test_two_steps_of_the_default_backbone_and_of_a_timm_model_on_two_processes_equal_one_process(tmp_path):
+    """BN-Inception at 64 px (it keeps an ImageNet classifier that forward never uses) and a timm model under DDP."""
+    ranks = _on_two_processes(tmp_path, _two_step_jobs())
+    for backbone in OTHER_BACKBONES:
+        loss, model, mdr = _step("mdr", _two_batches(), Context(), backbone, filled=True)
+        one = model.state_dict()
+        assert ranks[0][backbone]["loss"] == pytest.approx(loss, rel=1e-5), backbone
+        for rank in ranks:
+            assert rank[backbone]["model"].keys() == one.keys()
+            assert relative(rank[backbone]["model"], one) < 1e-5, backbone
+            for key, value in rank[backbone]["mdr"].items():
+                assert torch.allclose(value.float(), mdr.state_dict()[key].float(), rtol=1e-5), (backbone, key)
+
+
+def test_the_frozen_imagenet_classifier_leaves_single_process_updates_bit_identical(monkeypatch):
+    """BN-Inception's unused last_linear is frozen for DDP; with it trainable (as before) the steps are the same."""
+    _, frozen, frozen_mdr = _step("mdr", _two_batches(), Context(), "bninception", filled=True)
+
+    class Trainable(BNInceptionTrunk):
+        def __init__(self):
+            super().__init__()
+            self.model.last_linear.requires_grad_(True)
+
+    monkeypatch.setattr(model_package, "BNInceptionTrunk", Trainable)
+    _, trainable, trainable_mdr = _step("mdr", _two_batches(), Context(), "bninception", filled=True)
+    assert trainable.base.model.last_linear.weight.requires_grad
+    assert not frozen.base.model.last_linear.weight.requires_grad
+    for ours, theirs in ((frozen.state_dict(), trainable.state_dict()), (frozen_mdr.state_dict(),
+                                                                          trainable_mdr.state_dict())):
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
