@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from dataset import CUB200
 from dataset.sampler import PKSampler, SeededShards, augmentation_seed
 from dataset.transforms import build_transforms, device_normalization
 from experiment import distributed
+from errors import UserError
 from experiment.distributed import Context
 from loss.mdr import MDRLoss
 from loss.sampler import build_sampler
@@ -211,6 +214,36 @@ def test_the_frozen_imagenet_classifier_leaves_single_process_updates_bit_identi
     for ours, theirs in ((frozen.state_dict(), trainable.state_dict()), (frozen_mdr.state_dict(),
                                                                           trainable_mdr.state_dict())):
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def _rank_prepares(rank: int, port: int, folder: str) -> None:
+    """main_first with a collective timeout of 2 s (NCCL's is 10 minutes) while rank 0 prepares for 5 s."""
+    os.environ.update(loopback_env(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=2))
+    ctx, ready, outcome = Context(rank, 2), Path(folder) / "prepared", Path(folder) / f"outcome.{rank}"
+    try:
+        with distributed.main_first(ctx):
+            if ctx.is_main:
+                time.sleep(5)
+                ready.write_text("done")
+            seen = ready.read_text()
+        try:
+            with distributed.main_first(ctx):
+                if ctx.is_main:
+                    time.sleep(3)
+                    raise UserError("the archive is damaged")
+        except UserError as exc:
+            outcome.write_text(f"{seen}; {type(exc).__name__}: {exc}")
+        torch.distributed.barrier()  # the collectives after the preparation keep their own timeout
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_wait_for_rank_0s_preparation_longer_than_the_collective_timeout(tmp_path):
+    """Rank 0 downloads, extracts and caches while the others wait: not bound by the collectives' timeout."""
+    mp.spawn(_rank_prepares, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "outcome.0").read_text() == "done; UserError: the archive is damaged"
+    assert (tmp_path / "outcome.1").read_text() == "done; SharedError: the archive is damaged"
 
 
 def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
