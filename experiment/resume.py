@@ -6,7 +6,7 @@ from errors import UserError
 # Flags that do not change what is trained: where things live, how fast it runs, what else is written.
 CHANGEABLE = frozenset({"epochs", "workers", "device", "eval_batch", "cache_dir", "plot", "save_embeddings",
                         "save_retrievals", "tensorboard", "download", "data", "metrics", "resume", "save_dir",
-                        "overwrite", "deterministic", "strict_data", "eval_every"})
+                        "overwrite", "deterministic", "tf32", "strict_data", "eval_every"})
 
 
 # Flags about this invocation only, never taken from the checkpoint.
