@@ -284,6 +284,26 @@ def test_torchrun_trains_the_single_process_model_and_resumes_across_world_sizes
     assert [r["epoch"] for r in _records(mixed)] == [1, 2]
 
 
+def test_torchrun_writes_tensorboard_once_and_evaluates_as_one_process(tmp_path):
+    """Rank 0 alone writes TensorBoard and --save-embeddings files; --mode eval shards and gathers like training."""
+    root = make_cub(tmp_path / "data", classes=6, per_class=5)  # 15 test images: shards of 8 and 7
+    common = SMALL + ["--data", str(root), "--workers", "0"]
+    trained = tmp_path / "trained"
+    done = _torchrun(common + ["--save-dir", str(trained), "--epochs", "1", "--tensorboard"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((trained / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes one
+    evaluation = common + ["--mode", "eval", "--load", str(trained / "last.pth"), "--save-embeddings",
+                           "--metrics", "recall", "map_r", "nmi"]
+    single = run.main(run.parse_args(evaluation + ["--save-dir", str(tmp_path / "single")]))
+    done = _torchrun(evaluation + ["--save-dir", str(tmp_path / "ddp")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("metric ") == 1  # the table, printed by rank 0 alone
+    for name, value in single.items():
+        assert f"{name:<{max(map(len, single))}}  {value:9.4f}" in done.stdout
+    a, b = (torch.load(tmp_path / d / "embeddings.pt", weights_only=True)["test"] for d in ("single", "ddp"))
+    assert torch.equal(a["labels"], b["labels"]) and torch.allclose(a["embeddings"], b["embeddings"], atol=1e-6)
+
+
 def test_the_same_seed_gives_the_same_weights_for_any_worker_count(tmp_path):
     root = make_cub(tmp_path / "data")
     for workers in ("0", "2"):
