@@ -12,7 +12,7 @@ import torchvision
 from experiment.guards import CANONICAL, PAPER_NEEDS_IMAGENET, check_data, split_counts, weights_record
 from experiment.resume import run_flags
 from experiment.run_dir import write_text_atomic
-from model.pretrained import imagenet_weights_file
+from model import imagenet_weights_file
 
 CONFIG_NAME = "config.json"
 METHOD_NAMES = {"triplet": "Triplet", "l2norm": "Triplet+L2Norm", "mdr": "Triplet+MDR"}

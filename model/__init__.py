@@ -6,7 +6,8 @@ from torch import nn
 from errors import UserError
 from model.bninception import BNInceptionTrunk
 from model.embedding import Embedding, L2NormEmbedding
-from model.pretrained import bninception_state, check_name_hash, download, load_pretrained, read_state_dict
+from model.pretrained import (bninception_state, check_name_hash, download, imagenet_weights_file, load_pretrained,
+                              read_state_dict)
 from model.resnet import ResNetTrunk
 from model.timm_backbone import TimmTrunk, is_timm
 
@@ -17,6 +18,8 @@ class BackboneNames(tuple):
     def __contains__(self, name: object) -> bool:
         return tuple.__contains__(self, name) or is_timm(name)
 
+
+__all__ = ["BACKBONES", "BUILTIN_BACKBONES", "build_backbone", "build_model", "imagenet_weights_file"]
 
 BUILTIN_BACKBONES = ("bninception", "resnet18", "resnet50")
 BACKBONES = BackboneNames(BUILTIN_BACKBONES + ("timm:NAME",))
