@@ -166,6 +166,9 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
                         "cudnn.benchmark off (slower; see README)")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="IEEE float32 convolutions on Ampere and newer GPUs, as the authors' torch 1.3 computed "
+                        "(default: TF32, faster, other rounding; see docs/devices.md)")
     return p
 
 
@@ -373,7 +376,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     print(f"Seed: {args.seed}")
     seed_everything(args.seed)
     device = distributed.device_for(ctx, select_device(args.device))
-    configure_backends(device, args.deterministic)
+    configure_backends(device, args.deterministic, args.tf32)
     if args.batch % ctx.world:
         raise distributed.SharedError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
                                       f"use a multiple of {ctx.world}")

@@ -38,18 +38,24 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def configure_backends(device: torch.device, deterministic: bool) -> None:
-    """cudnn autotuning for speed on CUDA, or, with ``deterministic``, only repeatable algorithms.
+def configure_backends(device: torch.device, deterministic: bool, tf32: bool = True) -> None:
+    """cudnn autotuning for speed on CUDA, or, with ``deterministic``, only repeatable algorithms; TF32 or not.
 
     Deterministic mode sets CUBLAS_WORKSPACE_CONFIG (cuBLAS reads it when it
     starts), ``torch.use_deterministic_algorithms(True)`` and turns cudnn's
     benchmark off, so the same seed gives the same weights on the same machine.
+    ``tf32`` lets cuDNN run float32 convolutions in TF32 on Ampere and newer
+    GPUs (torch's default; 10-bit mantissa products); off, they are IEEE float32
+    as on the authors' torch 1.3. Matrix products stay IEEE (torch's default).
+    The flag is set through the API that sets cuDNN's convolutions and RNNs
+    alike, so code reading ``cudnn.allow_tf32`` afterwards still can.
     """
     if deterministic:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 def to_device(images: torch.Tensor, device: torch.device, normalize: DeviceNormalize | None = None) -> torch.Tensor:

@@ -9,8 +9,9 @@ from loss.mdr import LEVELS, MOMENTUM
 NO_EFFECT = frozenset({"workers", "device", "eval_batch", "cache_dir", "plot", "save_embeddings",
                        "save_retrievals", "tensorboard", "download", "data", "metrics", "resume", "save_dir",
                        "overwrite", "deterministic", "strict_data", "mode"})
-# Flags a resume may change: those, more epochs, and another evaluation schedule.
-CHANGEABLE = NO_EFFECT | {"epochs", "eval_every"}
+# Flags a resume may change: those, more epochs, another evaluation schedule, and TF32 (a speed setting whose
+# rounding can change numbers, so the report still tells runs apart by it).
+CHANGEABLE = NO_EFFECT | {"epochs", "eval_every", "tf32"}
 
 # Flags added after runs were first recorded, with the value the runs recorded before them used.
 IMPLIED = {"loss": "triplet", "loss_args": [], "loss_lr_mult": 1.0, "mdr_levels": list(LEVELS),
