@@ -7,12 +7,11 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import signal
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import DATASETS
+from dataset.image_list import own_positions
 from dataset.sampler import PKSampler, SeededShards
 from dataset.transforms import DeviceNormalize, build_transforms, device_normalization
 from errors import UserError
@@ -31,13 +31,15 @@ from experiment.distributed import Context
 from experiment.extraction import extract
 from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
+from experiment.rng import rng_state, set_rng_state
 from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
-                                resume_checkpoint, selection_key, upgraded_checkpoint,
+                                resume_checkpoint, save_run_file, selection_key, upgraded_checkpoint,
                                 write_outputs, write_text_atomic)
 from experiment.tensorboard import TensorBoardLog
+from experiment.trained_model import DATA_FLAGS, MODEL_FLAGS, adopt_flags_of_weights
 from experiment.validation import prefixed, split_validation, val_selected_epoch
-from loss.criterion import LOSS_NAMES, build_criterion, loss_arg, loss_param_groups
-from loss.mdr import MDRLoss
+from loss.criterion import LOSS_NAMES, build_criterion, check_criterion, loss_arg, loss_param_groups
+from loss.mdr import LEVELS, MOMENTUM, MDRLoss
 from loss.sampler import SAMPLERS
 from metric.nmi import clustering_metrics
 from metric.per_class import per_class_csv
@@ -77,12 +79,18 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--load", default=None, help="model weights to start from or evaluate (authors' .pth files work)")
     p.add_argument("--dataset", choices=sorted(DATASETS), default=dataset,
                    help="benchmark; 'stanford' and 'sop' are Stanford Online Products, 'folder' your own "
-                        "--data DIR with one sub-folder per class")
+                        "--data DIR with one sub-folder per class (or train/, test/ split folders), 'csv' your "
+                        "--data FILE.csv manifest of path,label,split rows (docs/own-data.md)")
     p.add_argument("--backbone", choices=BACKBONES, default="bninception")
     p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings (Triplet+L2Norm)")
     p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
                    help="weight of the MDR regulariser (0: off)")
     p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
+    p.add_argument("--mdr-levels", type=finite_float(None), nargs="+", default=list(LEVELS), metavar="LEVEL",
+                   help="initial MDR levels, in running standard deviations of the distances (the authors' "
+                        "-3 0 3; they are learnt from there)")
+    p.add_argument("--mdr-momentum", type=finite_float(False, 1.0), default=MOMENTUM, metavar="M",
+                   help="momentum of MDR's running mean and std of the distances, 0 to 1 (the authors' 0.9)")
     p.add_argument("--loss", choices=LOSS_NAMES, default="triplet",
                    help="base loss: the authors' triplet, or a pytorch-metric-learning loss (pip install "
                         "pytorch-metric-learning) with the library's defaults; MDR adds to any of them")
@@ -106,7 +114,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                         "or by the smallest K when 1 is not among them")
     p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=1,
                    help="seed of python, torch and the batch sampler")
-    p.add_argument("--data", default="./dataset/", help="data root (for --dataset folder: the image folder)")
+    p.add_argument("--data", default="./dataset/",
+                   help="data root (for --dataset folder: the image folder; for csv: the manifest)")
     p.add_argument("--save-dir", default=None,
                    help=f"where best.pth, last.pth, result.txt and logs go (default {DEFAULT_SAVE_DIR}, or the "
                         f"next free {DEFAULT_SAVE_DIR}_N when it holds another run)")
@@ -135,7 +144,8 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
                    help="also report 'class-avg Recall@K' (and 'class-avg MAP@R' with map_r), the mean over "
                         "classes of each class's mean, and write per_class.csv for the last evaluation")
     p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
-    p.add_argument("--train-classes", type=int, default=None, help="--dataset folder: classes used for training")
+    p.add_argument("--train-classes", type=int, default=None,
+                   help="--dataset folder of class folders: the first N classes by name train (default half)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue a run, in its own folder, from its checkpoint.pth or that folder; the flags "
                         "that define the run must be the same, --epochs may grow")
@@ -163,6 +173,9 @@ def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
                         "cudnn.benchmark off (slower; see README)")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="IEEE float32 convolutions on Ampere and newer GPUs, as the authors' torch 1.3 computed "
+                        "(default: TF32, faster, other rounding; see docs/devices.md)")
     return p
 
 
@@ -178,9 +191,10 @@ def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argpar
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     mdr: MDRLoss, lambda_mdr: float = 0.0, nu_mdr: float = 0.0, epoch: int = 0,
                     stats: dict | None = None, amp_dtype: torch.dtype | None = None,
-                    scaler: torch.amp.GradScaler | None = None, ctx: Context = Context(),
+                    scaler: "torch.amp.GradScaler | None" = None, ctx: Context = Context(),
                     on_step: Callable[[int, float, float, float], None] | None = None,
-                    normalize: DeviceNormalize | None = None) -> float:
+                    normalize: DeviceNormalize | None = None, loss_name: str = "triplet",
+                    loss_args: Sequence[str] = ()) -> float:
     """One epoch of the authors' loop; returns the mean triplet loss.
 
     ``stats``, if given, receives the epoch's mean regulariser as "reg_loss".
@@ -192,6 +206,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     ``on_step``, if given, is called after each step with (iteration, base
     loss, MDR term, learning rate of the first parameter group). ``normalize``
     turns uint8 batches into the network's float input on the device.
+    ``loss_name`` and ``loss_args`` (--loss, --loss-args) name the base loss in errors.
 
     Per batch: embeddings in training mode with every BatchNorm frozen, loss =
     triplet + lambda * MDR + nu * sum(levels^2) (the MDR statistics update on
@@ -218,7 +233,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         loss_mdr = mdr.regularizer(embedding, lambda_mdr, nu_mdr)
         loss = loss_triplet + loss_mdr
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where))
+            raise NonFiniteLoss(non_finite_advice(loss_triplet.item(), loss_mdr.item(), where, loss_name, loss_args))
         optimizer.zero_grad()
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -240,20 +255,28 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     return mean
 
 
-def non_finite_advice(triplet: float, regularizer: float, where: str) -> str:
-    """The message for a non-finite loss from finite embeddings, naming the term that overflowed."""
+def non_finite_advice(base: float, regularizer: float, where: str, loss_name: str = "triplet",
+                      loss_args: Sequence[str] = ()) -> str:
+    """The message for a non-finite loss from finite embeddings, naming the term that overflowed and, for
+    the base loss, the --loss-args that may have made it so."""
     if not math.isfinite(regularizer):
         return (f"the MDR term became non-finite ({regularizer}) {where}; its levels diverged: lower --lambda-mdr, "
                 "--nu-mdr or --lr")
-    return f"the triplet loss became non-finite ({triplet}) {where}; check the data and lower --lr"
+    if loss_args:
+        return (f"the {loss_name} loss became non-finite ({base}) {where}, with --loss-args {' '.join(loss_args)}: "
+                "a value that divides by zero or overflows (a temperature of 0, a huge margin) does this; change "
+                "it, or drop --loss-args for the library's defaults")
+    return f"the {loss_name} loss became non-finite ({base}) {where}; check the data and lower --lr"
 
 
 def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], epoch: int = 0,
              metrics: Iterable[str] = ("recall",), keep: dict | None = None,
-             ctx: Context = Context(), normalize: DeviceNormalize | None = None) -> dict[str, float]:
+             ctx: Context = Context(), normalize: DeviceNormalize | None = None,
+             own: torch.Tensor | None = None) -> dict[str, float]:
     """Recall@K (percent) and the other requested metrics on the test split, or query -> gallery.
 
-    ``loaders`` holds "test", or "query" and "gallery". Returns {"Recall@K": ..., "MAP@R": ...}.
+    ``loaders`` holds "test", or "query" and "gallery"; ``own`` (Q,) is the gallery index of each query's own
+    image, -1 for none (``own_positions``). Returns {"Recall@K": ..., "MAP@R": ...}.
     ``keep``, if given, receives {split: (embeddings, labels)}. Under torchrun
     every rank embeds its shard, and rank 0 computes the metrics for all.
     """
@@ -261,14 +284,16 @@ def evaluate(model: nn.Module, loaders: dict[str, DataLoader], ks: list[int], ep
                 for name, loader in loaders.items()}
     if keep is not None:
         keep.update(embedded)
-    return distributed.on_main(ctx, lambda: compute_metrics(embedded, ks, epoch, metrics))
+    return distributed.on_main(ctx, lambda: compute_metrics(embedded, ks, epoch, metrics, own))
 
 
-def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable[str]) -> dict[str, float]:
-    """The metrics of {split: ((N, D) embeddings, (N,) labels)}, printed; percent."""
+def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable[str],
+                    own: torch.Tensor | None = None) -> dict[str, float]:
+    """The metrics of {split: ((N, D) embeddings, (N,) labels)}, printed; percent. A query never retrieves
+    its ``own`` gallery item."""
     if "query" in embedded:
         (query, q_labels), (gallery, g_labels) = embedded["query"], embedded["gallery"]
-        results = retrieval_metrics(query, q_labels, gallery, g_labels, ks, ("recall", *metrics))
+        results = retrieval_metrics(query, q_labels, gallery, g_labels, ks, ("recall", *metrics), own=own)
         clusters = (query, q_labels)
     else:
         emb, labels = embedded["test"]
@@ -285,19 +310,21 @@ def compute_metrics(embedded: dict, ks: list[int], epoch: int, metrics: Iterable
 
 
 def build_datasets(args: argparse.Namespace) -> tuple:
-    """(train set, {"test": ...} or {"query": ..., "gallery": ...}) with the authors' transforms, ending in
-    uint8 tensors that ``device_normalization`` finishes on the device."""
+    """(train set, {"test": ...} or {"query": ..., "gallery": ...}, as the dataset says, and "val" when training
+    validates) with the authors' transforms, ending in uint8 tensors that ``device_normalization`` finishes on
+    the device."""
     train_tf, test_tf = build_transforms(args.backbone, args.image_size, uint8=True)
     cls = DATASETS[args.dataset]
     kwargs = {"download": args.download, "cache_dir": args.cache_dir, "cache_workers": args.workers}
-    if args.dataset == "folder":
+    if args.dataset in ("folder", "csv"):
         kwargs["train_classes"] = args.train_classes
-    eval_splits = ("query", "gallery") if args.dataset == "inshop" else ("test",)
+    eval_splits = cls.evaluation_splits(args.data)
     train = cls(args.data, split="train", transform=train_tf, **kwargs) if args.mode == "train" else None
-    evals = {s: cls(args.data, split=s, transform=test_tf, **kwargs) for s in eval_splits}
+    evals = {s: cls(args.data, split=s, transform=test_tf, **kwargs) for s in eval_splits if s != "val"}
     if train is not None:
+        own_val = cls(args.data, split="val", transform=test_tf, **kwargs) if "val" in eval_splits else None
         train, val = split_validation(args, train, lambda: cls(args.data, split="train", transform=test_tf,
-                                                                **{**kwargs, "cache_dir": None}))
+                                                                **{**kwargs, "cache_dir": None}), own_val)
         evals.update({"val": val} if val is not None else {})
     return train, evals
 
@@ -317,22 +344,6 @@ def build_loaders(args: argparse.Namespace, train_set, eval_sets: dict, device: 
                                      batch_size=args.eval_batch, shuffle=False, **common)
                     for name, ds in eval_sets.items()}
     return train_loader, eval_loaders
-
-
-def rng_state(sampler: SeededShards, negatives: torch.Generator) -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "sampler": sampler.state_dict(), "negatives": negatives.get_state()}
-
-
-def set_rng_state(state: dict, sampler: SeededShards, negatives: torch.Generator) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    sampler.load_state_dict(state["sampler"])
-    if "negatives" in state:
-        negatives.set_state(state["negatives"])
 
 
 def print_table(results: dict[str, float]) -> None:
@@ -360,13 +371,13 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
     if args.per_class:
         gallery = (None, None) if gallery_name == query_name else embedded[gallery_name]
         write_text_atomic(save_dir / "per_class.csv", per_class_csv(*embedded[query_name], *gallery, args.recall,
-                                                                    "map_r" in args.metrics))
+                                                                    "map_r" in args.metrics, own_positions(eval_sets)))
         print(f"Per-class metrics written to {save_dir / 'per_class.csv'}")
     if args.save_retrievals:
         path = save_retrieval_grid(embedded[query_name], eval_sets[query_name].samples, embedded[gallery_name],
                                    eval_sets[gallery_name].samples, args.save_retrievals,
                                    save_dir / "retrievals.png", exclude_self=query_name == gallery_name,
-                                   worst=args.worst)
+                                   own=own_positions(eval_sets), worst=args.worst)
         print(f"Retrieval grid written to {path}")
 
 
@@ -382,13 +393,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     print(f"Seed: {args.seed}")
     seed_everything(args.seed)
     device = distributed.device_for(ctx, select_device(args.device))
-    configure_backends(device, args.deterministic)
+    configure_backends(device, args.deterministic, args.tf32)
     if args.batch % ctx.world:
-        raise UserError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
-                        f"use a multiple of {ctx.world}")
+        raise distributed.SharedError(f"--batch {args.batch} does not split evenly over {ctx.world} processes; "
+                                      f"use a multiple of {ctx.world}")
     with distributed.process_group(ctx, device), contextlib.ExitStack() as stack:
         if args.mode == "eval":
             return evaluate_only(args, device, ctx)
+        if args.resume is None:  # a resume's --loss-args are the run's own: the flag check refuses others
+            distributed.on_main(ctx, lambda: check_criterion(args))
         save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
             claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")
@@ -422,16 +435,23 @@ def build_data(args: argparse.Namespace, device: torch.device, ctx: Context = Co
 
 
 def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context = Context()) -> dict[str, float]:
-    """--mode eval: evaluate --load (or, saying so, the initial model) and write the requested extras."""
+    """--mode eval: evaluate --load (or, saying so, the initial model) and write the requested extras.
+
+    The model and data flags not given are read from the run that wrote --load, when it is one of ours.
+    """
     if args.load is None:
         print("No --load given: evaluating the initial model ("
               + ("ImageNet backbone" if args.pretrained else "random backbone") + ", random embedding head)")
+    else:
+        lines, _ = adopt_flags_of_weights(args, MODEL_FLAGS + DATA_FLAGS, "evaluating")
+        for line in lines if ctx.is_main else []:
+            print(line)
     model = build_run_model(args, device)
     _, eval_sets, _, eval_loaders = build_data(args, device, ctx)
     embedded: dict = {}
     normalize = device_normalization(args.backbone)
     results = evaluate(model, eval_loaders, args.recall, 0, eval_metrics(args), keep=embedded, ctx=ctx,
-                       normalize=normalize)
+                       normalize=normalize, own=own_positions(eval_sets))
     print_table(results)
     if ctx.is_main and (args.save_embeddings or args.save_retrievals or args.per_class):
         with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
@@ -442,17 +462,10 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
 def checked_resume(state: dict, args: argparse.Namespace, save_dir: Path, ctx: Context) -> tuple[dict, bool]:
     """(the resumed checkpoint completed to this version's fields, whether it has epochs left).
 
-    Rank 0 checks the flags and rebuilds the derived files, so a run killed
-    after its checkpoint was written loses nothing.
+    Rank 0 checks the flags; the data and weights are checked once loaded (``record_run``).
     """
     state = upgraded_checkpoint(state, save_dir, selection_key(args.recall))
-
-    def check() -> bool:
-        unfinished = check_resume(state, args, str(save_dir))
-        write_outputs(save_dir, state)
-        return unfinished
-
-    return state, distributed.on_main(ctx, check)
+    return state, distributed.on_main(ctx, lambda: check_resume(state, args, str(save_dir)))
 
 
 def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: Context = Context(),
@@ -461,40 +474,47 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
 
     At the end of each epoch the checkpoint is written first; best.pth,
     last.pth, metrics.jsonl and result.txt are then derived from it, and a
-    resume derives them again, so a kill at any moment loses nothing. Under
-    torchrun the model is wrapped in DDP and only rank 0 writes.
+    resume derives them again, so a kill at any moment loses nothing. A resume
+    writes nothing before its flags, data and weights have passed the checks.
+    Under torchrun the model is wrapped in DDP and only rank 0 writes.
     """
     if resumed is not None:
         resumed, unfinished = checked_resume(resumed, args, save_dir, ctx)
         if not unfinished:
+            distributed.on_main(ctx, lambda: write_outputs(save_dir, resumed))
             return resumed["results"]
     model = build_run_model(args, device)
     train_set, eval_sets, train_loader, eval_loaders = build_data(args, device, ctx)
-    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets}))
+    distributed.on_main(ctx, lambda: record_run(args, device, save_dir, {"train": train_set, **eval_sets},
+                                                resuming=resumed is not None))
+    if resumed is not None:
+        distributed.on_main(ctx, lambda: write_outputs(save_dir, resumed))
     val_loaders = {"test": eval_loaders.pop("val")} if "val" in eval_loaders else {}
     negatives = torch.Generator(device=device).manual_seed(args.seed)
     criterion, loss_hparams = build_criterion(args, max(train_set.labels) + 1, negatives)
     criterion = criterion.to(device)
-    mdr = MDRLoss().to(device)
+    mdr = MDRLoss(args.mdr_levels, args.mdr_momentum).to(device)
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": args.lr},
                                   {"params": mdr.parameters(), "lr": args.lr}]
                                  + loss_param_groups(criterion, args.lr, args.loss_lr_mult), weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_decay_epochs, args.lr_decay_gamma)
     sampler = train_loader.batch_sampler
     amp_dtype, scaler = amp_settings(args.amp, device)
-    trained = DistributedDataParallel(model, broadcast_buffers=False) if ctx.active else model
+    trained = DistributedDataParallel(model, forward_sync_buffers=False) if ctx.active else model
     tb = TensorBoardLog(save_dir / "tb", args.iter_per_epoch) if args.tensorboard and ctx.is_main else None
     embedded: dict = {}
     normalize = device_normalization(args.backbone)
+    own = own_positions(eval_sets)
 
     def checkpoint(epoch: int, results: dict, best: float, best_epoch: int, history: list) -> None:
         state = {"model": model.state_dict(), "mdr": mdr.state_dict(), "loss": criterion.state_dict(),
                  "loss_hparams": loss_hparams, "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                  "key": key, "results": results, "history": history, "rng": rng_state(sampler, negatives),
-                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key)}
+                 "args": run_flags(args), "best_val_epoch": val_selected_epoch(history, key),
+                 "scaler": scaler.state_dict() if scaler is not None else {}}
         if ctx.is_main:
-            save_atomic(state, save_dir / "checkpoint.pth")
+            save_run_file(state, save_dir / "checkpoint.pth")
             write_outputs(save_dir, state)
 
     key = selection_key(args.recall)
@@ -505,14 +525,17 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         set_rng_state(resumed["rng"], sampler, negatives)
+        if scaler is not None and resumed.get("scaler"):  # fp16 before and now: the loss scale continues
+            scaler.load_state_dict(resumed["scaler"])
         start, results, best, best_epoch = (resumed["epoch"] + 1, resumed["results"], resumed["best"],
                                             resumed["best_epoch"])
         key, history = resumed["key"], resumed["history"]
         print(f"Resumed from {save_dir / 'checkpoint.pth'} after epoch {resumed['epoch']}")
     else:
         results = evaluate(model, eval_loaders, args.recall, 0, eval_metrics(args), keep=embedded, ctx=ctx,
-                           normalize=normalize)
-        start, best, best_epoch, history = 1, results[key], 0, []
+                           normalize=normalize, own=own)
+        start, best, best_epoch = 1, results[key], 0
+        history = [{"epoch": 0, "lr": optimizer.param_groups[0]["lr"], "levels": mdr.levels.tolist(), **results}]
         checkpoint(0, results, best, best_epoch, history)
 
     epoch = start - 1
@@ -523,13 +546,14 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
             sampler.set_epoch(epoch)
             on_step = partial(tb.log_iteration, epoch) if tb else None
             loss = train_one_epoch(trained, train_loader, optimizer, criterion, mdr, args.lambda_mdr, args.nu_mdr,
-                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize)
+                                   epoch, stats, amp_dtype, scaler, ctx, on_step, normalize, args.loss,
+                                   args.loss_args)
             scheduler.step()
             evaluated = epoch % args.eval_every == 0 or epoch == args.epochs
             val = {}
             if evaluated:
                 results = evaluate(model, eval_loaders, args.recall, epoch, eval_metrics(args), keep=embedded,
-                                   ctx=ctx, normalize=normalize)
+                                   ctx=ctx, normalize=normalize, own=own)
                 val = (evaluate(model, val_loaders, args.recall, epoch, ctx=ctx, normalize=normalize)
                        if val_loaders else {})
                 if results[key] > best:
@@ -540,7 +564,8 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
                             **prefixed(val)})
             checkpoint(epoch, results, best, best_epoch, history)
             if tb:
-                tb.log_epoch(history[-1], next(iter(embedded.values()))[0], mdr, not args.l2norm)
+                tb.log_epoch(history[-1], next(iter(embedded.values()))[0] if evaluated else None, mdr,
+                             not args.l2norm)
             print_record(history[-1])
             print("Best %s: %.4f" % (key, best))
     except KeyboardInterrupt as exc:
@@ -576,15 +601,21 @@ def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
     """The command line: one line on stderr and a non-zero exit code for every problem the user can fix."""
     signal.signal(signal.SIGTERM, raise_terminated)
     args = parse_args(argv, dataset)
+    ctx = distributed.from_environment()
     try:
         main(args)
     except Interrupted as exc:
-        if distributed.from_environment().is_main:
+        if ctx.is_main:
             print(f"{exc}", file=sys.stderr)
         return exc.exit_code
     except UserError as exc:
-        if distributed.from_environment().is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
+        if ctx.is_main or not isinstance(exc, (distributed.SharedError, NonFiniteLoss)):
             print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if not distributed.peer_lost(exc, ctx):
+            raise
+        distributed.let_the_cause_report()
         return 1
     except KeyboardInterrupt as exc:
         print("interrupted before training started; nothing to save", file=sys.stderr)

@@ -34,7 +34,7 @@ from dataset.image_list import ImageList  # noqa: E402
 from dataset.sampler import PKSampler  # noqa: E402
 from dataset.transforms import DeviceNormalize, authors_normalization  # noqa: E402
 from dataset.transforms import build_transforms, device_normalization  # noqa: E402
-from experiment.device import amp_settings, select_device  # noqa: E402
+from experiment.device import amp_settings, select_device, synchronize  # noqa: E402
 from experiment.extraction import extract  # noqa: E402
 from experiment.flags import bounded_int  # noqa: E402
 from loss.mdr import MDRLoss  # noqa: E402
@@ -164,12 +164,10 @@ def train_speed(device: torch.device, batch: int, iters: int, amp: bool) -> floa
     batches = [(images, labels)] * iters
     criterion = TripletLoss(sampler=DistanceWeighted())
     run.train_one_epoch(model, batches[:2], optimizer, criterion, mdr, 0.6, 0.01, amp_dtype=amp_dtype, scaler=scaler)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     run.train_one_epoch(model, batches, optimizer, criterion, mdr, 0.6, 0.01, amp_dtype=amp_dtype, scaler=scaler)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return batch * iters / (time.perf_counter() - start)
 
 
@@ -182,10 +180,10 @@ def eval_speed(device: torch.device, batch: int, iters: int) -> float:
     batches = [(images, torch.arange(batch))] * iters
     normalize = device_normalization("bninception")
     extract(model, batches[:1], "warm-up", normalize=normalize)
+    synchronize(device)
     start = time.perf_counter()
     extract(model, batches, "eval", normalize=normalize)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return batch * iters / (time.perf_counter() - start)
 
 
@@ -201,11 +199,11 @@ def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int
     mdr = MDRLoss().to(device)
     optimizer = torch.optim.Adam(list(model.parameters()) + list(mdr.parameters()), lr=1e-5, weight_decay=1e-5)
     amp_dtype, scaler = amp_settings(amp, device)
+    synchronize(device)
     start = time.perf_counter()
     run.train_one_epoch(model, loader, optimizer, TripletLoss(sampler=DistanceWeighted()), mdr, 0.6, 0.01,
                         amp_dtype=amp_dtype, scaler=scaler, normalize=device_normalization("bninception"))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return batch * iters / (time.perf_counter() - start)
 
 

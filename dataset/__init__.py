@@ -3,6 +3,7 @@ from dataset.cars import Cars196
 from dataset.cub import CUB200
 from dataset.folder import Folder
 from dataset.inshop import InShop
+from dataset.manifest import Manifest
 from dataset.sop import StanfordOnlineProducts
 
 DATASETS = {
@@ -12,6 +13,7 @@ DATASETS = {
     "sop": StanfordOnlineProducts,
     "inshop": InShop,
     "folder": Folder,
+    "csv": Manifest,
 }
 
-__all__ = ["CUB200", "Cars196", "StanfordOnlineProducts", "InShop", "Folder", "DATASETS"]
+__all__ = ["CUB200", "Cars196", "StanfordOnlineProducts", "InShop", "Folder", "Manifest", "DATASETS"]

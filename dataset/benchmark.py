@@ -1,14 +1,28 @@
 """A benchmark on disk: where its files live, how to fetch them, and how to read its splits."""
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from errors import UserError
-from dataset.download import download, extract_archive
+from dataset.download import download, extract_archive, file_md5, refuse_folder
 from dataset.image_list import ImageList, check_files_exist
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+INT64_MAX = 2 ** 63 - 1  # labels become int64 tensors
+RESTORE_LISTING = "restore the file from the dataset's original files"
+_DIGITS = re.compile(r"[0-9]+")
+
+# What each benchmark archive holds, in bytes: the total size its members declare, rounded up (the images are
+# JPEGs, which the archives do not compress, so each is a little over the archive's own size). An archive under
+# one of these names that declares more than download.KNOWN_EXPANSION times as much is refused unextracted.
+CONTENT_BYTES = {
+    "CUB_200_2011.tgz": 1_300_000_000,  # the archive: 1,150,585,339 bytes
+    "car_ims.tgz": 2_000_000_000,  # 16,185 images, about 1.9 GB
+    "Stanford_Online_Products.zip": 3_200_000_000,  # 120,053 images, about 2.9 GB
+    "img.zip": 1_000_000_000,  # In-Shop: 52,712 images of 256 x 256, about 0.8 GB
+}
 
 
 @dataclass(frozen=True)
@@ -17,7 +31,11 @@ class Remote:
 
     ``provides`` (relative to the data root) exists once the file is in place
     and, for an archive, extracted into ``extract_to``; None keeps the file as
-    it is. No ``urls`` means the user must fetch the file by hand.
+    it is. No ``urls``, or ``by_hand``, means the user fetches the file by hand
+    (from ``page`` where there is one): a file found at ``path`` is then theirs,
+    used as it is with a warning where it fails ``md5``, and the ``urls`` (old
+    hosts) are tried only when there is none. Otherwise a file at ``path`` that
+    fails ``md5`` is moved aside and downloaded again.
     """
 
     path: str
@@ -25,12 +43,20 @@ class Remote:
     md5: str | None
     provides: str
     extract_to: str | None = "."
+    by_hand: bool = False
+    page: str | None = None
+
+    @property
+    def manual(self) -> bool:
+        """Whether a file at ``path`` is the user's own copy, never replaced by a download."""
+        return self.by_hand or not self.urls
 
 
 class Benchmark(ImageList):
     """Base class: ``root`` is the --data folder; subclasses say what to read and fetch."""
 
     folder = ""
+    title = ""  # the benchmark's name in messages
     required: tuple[str, ...] = ()  # files under root/folder whose presence means the tree is complete
     remotes: tuple[Remote, ...] = ()
     splits: tuple[str, ...] = ("train", "test")
@@ -61,14 +87,41 @@ class Benchmark(ImageList):
         return all((self.base / name).exists() for name in self.required)
 
     def _pending(self) -> list[Remote]:
-        return [r for r in self.remotes if not (self.root / r.provides).exists()]
+        """The remotes whose files are not in place yet; a folder where one of their files belongs is an error."""
+        pending = [r for r in self.remotes if not (self.root / r.provides).exists()]
+        for remote in pending:
+            unpacked = "" if remote.extract_to is None else \
+                f" (if it holds the extracted files, move them into {self.root / remote.extract_to})"
+            refuse_folder(self.root / remote.path, f"rename or move it{unpacked} and run again")
+        return pending
 
     def prepare_local(self) -> None:
-        """Extract archives the user already put in place; needs no network."""
+        """Extract archives the user already put in place, warning where one is not the published file;
+        needs no network."""
         for remote in self._pending():
             archive = self.root / remote.path
             if remote.extract_to is not None and archive.is_file():
-                extract_archive(archive, self.root / remote.extract_to)
+                if remote.md5 is not None and (actual := file_md5(archive)) != remote.md5:
+                    print(f"[Warning] {archive} has md5 {actual}, not the published {remote.md5}: it is not the "
+                          "original archive (a repacked or damaged copy?); extracting it anyway, and results may "
+                          "differ from the paper's")
+                self._extract(remote)
+
+    def _extract(self, remote: Remote) -> None:
+        """Extract the archive of ``remote`` within the size limit its name gives (see ``CONTENT_BYTES``)."""
+        archive = self.root / remote.path
+        extract_archive(archive, self.root / remote.extract_to, CONTENT_BYTES.get(archive.name),
+                        self._good_copy(remote))
+
+    def _good_copy(self, remote: Remote) -> str:
+        """Where a good copy of the file of ``remote`` comes from, for a file there that is damaged or no archive."""
+        path = self.root / remote.path
+        md5 = f" (md5 {remote.md5})" if remote.md5 else ""
+        if remote.page is not None:
+            return f"{self.title}'s {path.name}{md5} comes from {remote.page}: download it there and put it at {path}"
+        if remote.manual:
+            return f"replace it with a good copy of {path.name}{md5}"
+        return f"replace it with {remote.urls[0]}{md5}"
 
     def how_to_get(self) -> str:
         """One sentence on how to obtain the data, applicable whether downloads are on or off."""
@@ -93,13 +146,14 @@ class Benchmark(ImageList):
         return f"{advice}, or delete its line from {self.base / self.listing.format(split=self.split)}"
 
     def fetch(self) -> None:
-        """Download, verify and extract every missing file."""
+        """Download, verify and extract every missing file; a file the user placed by hand is left to
+        ``prepare_local``."""
         for remote in self._pending():
-            path = self.root / remote.path
-            if not path.is_file() or remote.urls:
-                path = self._download_any(remote)
+            if remote.manual and (self.root / remote.path).is_file():
+                continue
+            self._download_any(remote)
             if remote.extract_to is not None:
-                extract_archive(path, self.root / remote.extract_to)
+                self._extract(remote)
 
     def _download_any(self, remote: Remote) -> Path:
         errors = []
@@ -147,15 +201,35 @@ def folder_samples(class_dirs: Sequence[Path], first_label: int) -> list[tuple[s
     return [(str(p), first_label + offset) for offset, class_dir in enumerate(class_dirs) for p in _images(class_dir)]
 
 
-def read_rows(path: Path, skip: int, columns: int) -> list[list[str]]:
-    """Whitespace-separated rows of a text index after ``skip`` header lines, each with ``columns`` fields."""
+def numbered_rows(path: Path, skip: int, columns: int) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line of the UTF-8 text index ``path`` after ``skip`` header
+    lines, each with ``columns`` whitespace-separated fields; anything else names the file and the line."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc}); {RESTORE_LISTING}") from exc
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if number <= skip or not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != columns:
-                raise UserError(f"{path}, line {number}: expected {columns} fields, found {len(fields)}: {line.strip()!r}")
-            rows.append(fields)
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}, line {number}: expected UTF-8 text, found byte 0x{raw[exc.start]:02x} at "
+                            f"column {exc.start + 1}; {RESTORE_LISTING}") from exc
+        if number <= skip or not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != columns:
+            raise UserError(f"{path}, line {number}: expected {columns} fields, found {len(fields)}: "
+                            f"{line.strip()!r}; {RESTORE_LISTING}")
+        rows.append((number, fields))
     return rows
+
+
+def id_number(path: Path, number: int, value: str, expected: str, prefix: str = "", low: int = 0) -> int:
+    """The integer that ``value`` (field of line ``number`` of ``path``) writes as ``prefix`` and decimal
+    digits, from ``low`` to ``INT64_MAX``; anything else is an error naming the file, the line and
+    ``expected``."""
+    digits = value[len(prefix):] if value.startswith(prefix) else ""
+    if _DIGITS.fullmatch(digits) and low <= int(digits) <= INT64_MAX:
+        return int(digits)
+    raise UserError(f"{path}, line {number}: expected {expected}, found {value!r}; {RESTORE_LISTING}")

@@ -12,13 +12,16 @@ Three layouts are detected under ``--data``:
 Layouts 2 and 3 are looked for in ``Cars196/`` and ``stanford_cars/``. Whatever the layout, a split holds
 the images of both official sets (8,144 + 8,041) whose class is in its half of the 196 classes.
 """
+import numbers
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.io
+from scipy.io.matlab import MatReadError
 
 from dataset.benchmark import Benchmark, Remote, folder_samples
 from errors import UserError
@@ -33,6 +36,8 @@ ROOTS = ("Cars196", "stanford_cars")  # folders under --data searched for the de
 CLASS_NAMES_FILE = Path(__file__).with_name("cars196_classes.txt")
 ORIGINAL_FILES = ("car_ims", "car_ims.tgz", "cars_annos.mat")  # any of them means the original layout is meant
 Sample = tuple[str, int]
+# what scipy.io.loadmat raises on a file that is no MAT file, a truncated one or one it cannot parse
+_MAT_ERRORS = (MatReadError, ValueError, TypeError, IndexError, KeyError, OSError, EOFError, zlib.error)
 
 
 def in_split(label: int, split: str) -> bool:
@@ -40,16 +45,48 @@ def in_split(label: int, split: str) -> bool:
     return (label < TRAIN_CLASSES) == (split == "train")
 
 
+def read_mat(path: Path, variable: str, fix: str) -> Any:
+    """Variable ``variable`` of the MAT file ``path`` (squeezed); an error naming the file and ending in ``fix``
+    where it is no readable MAT file or lacks the variable."""
+    try:
+        contents = scipy.io.loadmat(path, squeeze_me=True)
+    except _MAT_ERRORS as exc:
+        raise UserError(f"cannot read {path} as a MAT file ({exc or type(exc).__name__}); {fix}") from exc
+    if variable not in contents:
+        raise UserError(f"{path} holds no {variable!r}; {fix}")
+    return contents[variable]
+
+
 def load_annotations(path: Path, fields: tuple[str, ...], fix: str) -> np.ndarray:
     """The ``annotations`` struct array of a Cars-196 ``.mat`` file, flat, holding at least ``fields``."""
-    try:
-        annotations = scipy.io.loadmat(path, squeeze_me=True)["annotations"].ravel()
-    except (ValueError, KeyError, OSError) as exc:
-        raise UserError(f"cannot read {path} ({exc}); {fix}") from exc
+    annotations = np.atleast_1d(read_mat(path, "annotations", fix)).ravel()
     missing = [name for name in fields if name not in (annotations.dtype.names or ())]
     if missing:
         raise UserError(f"{path} has no field {missing[0]!r} in its annotations; {fix}")
     return annotations
+
+
+def class_label(path: Path, index: int, value: Any, fix: str) -> int:
+    """The 0-based label of the class field ``value`` of annotation ``index``: an integer from 1 to 196, stored as
+    any numeric MAT type; anything else is an error naming the file and the annotation."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer() \
+            and 1 <= value <= NUM_CLASSES:
+        return int(value) - 1
+    raise UserError(f"{path}, annotation {index + 1}: expected a class number from 1 to {NUM_CLASSES}, found "
+                    f"{value!r}; {fix}")
+
+
+def annotated_images(path: Path, name_field: str, fix: str) -> list[Sample]:
+    """(image file name, 0-based label) of every annotation of a Cars-196 ``.mat`` file, in file order; a name
+    that is no text or a class that is no number from 1 to 196 is an error naming the annotation."""
+    samples = []
+    for index, ann in enumerate(load_annotations(path, ("class", name_field), fix)):
+        name = ann[name_field]
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{path}, annotation {index + 1}: expected a file name in {name_field!r}, found "
+                            f"{name!r}; {fix}")
+        samples.append((name, class_label(path, index, ann["class"], fix)))
+    return samples
 
 
 def find_beside_devkit(root: Path, name: str) -> Path | None:
@@ -70,15 +107,15 @@ def read_class_names(root: Path) -> tuple[list[str], Path]:
     if meta is None:
         lines = CLASS_NAMES_FILE.read_text().splitlines()
         return [line for line in lines if line and not line.startswith("#")], CLASS_NAMES_FILE
-    try:
-        names = [str(name) for name in scipy.io.loadmat(meta, squeeze_me=True)["class_names"].ravel()]
-    except (ValueError, KeyError, OSError) as exc:
-        raise UserError(f"cannot read the class names of {meta} ({exc}); replace it with the devkit's "
-                        f"cars_meta.mat, or remove it to use {CLASS_NAMES_FILE.name}") from exc
+    fix = f"replace it with the devkit's cars_meta.mat, or remove it to use {CLASS_NAMES_FILE.name}"
+    names = list(np.atleast_1d(read_mat(meta, "class_names", fix)).ravel())
     if len(names) != NUM_CLASSES:
-        raise UserError(f"{meta} lists {len(names)} class names, not {NUM_CLASSES}; replace it with the "
-                        f"devkit's cars_meta.mat, or remove it to use {CLASS_NAMES_FILE.name}")
-    return names, meta
+        raise UserError(f"{meta} lists {len(names)} class names, not {NUM_CLASSES}; {fix}")
+    junk = next((name for name in names if not isinstance(name, str) or not name_key(name)), None)
+    if junk is not None or len({name_key(name) for name in names}) != NUM_CLASSES:
+        found = f"found {junk!r}" if junk is not None else "found a name twice"
+        raise UserError(f"{meta}: expected {NUM_CLASSES} distinct class names, {found}; {fix}")
+    return [str(name) for name in names], meta
 
 
 @dataclass(frozen=True)
@@ -108,10 +145,8 @@ class DevkitCopy:
         for folder, annotation_file in zip(self.folders, self.annotation_files):
             images = image_folder(self.root, folder)
             path = find_beside_devkit(self.root, annotation_file)
-            for ann in load_annotations(path, ("class", "fname"), "replace it with the devkit's copy"):
-                label = int(ann["class"]) - 1
-                if in_split(label, split):
-                    samples.append((str(images / str(ann["fname"])), label))
+            samples += [(str(images / name), label) for name, label in
+                        annotated_images(path, "fname", "replace it with the devkit's copy") if in_split(label, split)]
         return samples
 
 
@@ -194,12 +229,13 @@ class Cars196(Benchmark):
     """
 
     folder = ROOTS[0]
+    title = "Cars-196"
     required = ("cars_annos.mat", "car_ims")
-    remotes = (
+    remotes = (  # the hosts went offline in 2023: a file the user placed is used, never replaced
         Remote("Cars196/car_ims.tgz", tuple(h + "car_ims.tgz" for h in _HOSTS), CARS_IMS_MD5,
-               provides="Cars196/car_ims", extract_to="Cars196"),
+               provides="Cars196/car_ims", extract_to="Cars196", by_hand=True),
         Remote("Cars196/cars_annos.mat", tuple(h + "cars_annos.mat" for h in _HOSTS), CARS_ANNOS_MD5,
-               provides="Cars196/cars_annos.mat", extract_to=None),
+               provides="Cars196/cars_annos.mat", extract_to=None, by_hand=True),
     )
 
     def __init__(self, root: str | Path, split: str = "train", transform: Callable | None = None,
@@ -236,8 +272,6 @@ class Cars196(Benchmark):
     def read_split(self, split: str) -> list[Sample]:
         if self.copy is not None:
             return sorted(self.copy.samples(split), key=lambda sample: sample[1])
-        path = self.base / "cars_annos.mat"
-        annotations = load_annotations(path, ("class", "relative_im_path"),
-                                       f"replace it with cars_annos.mat (md5 {CARS_ANNOS_MD5})")
-        return [(str(self.base / str(ann["relative_im_path"])), int(ann["class"]) - 1)
-                for ann in annotations if in_split(int(ann["class"]) - 1, split)]
+        images = annotated_images(self.base / "cars_annos.mat", "relative_im_path",
+                                  f"replace it with cars_annos.mat (md5 {CARS_ANNOS_MD5})")
+        return [(str(self.base / name), label) for name, label in images if in_split(label, split)]

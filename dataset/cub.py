@@ -9,6 +9,7 @@ class CUB200(Benchmark):
     """``<root>/CUB_200_2011/images/<NNN.Name>/*.jpg``; a label is the class's index in name order (0-199)."""
 
     folder = "CUB_200_2011"
+    title = "CUB-200-2011"
     required = ("images",)
     remotes = (Remote("CUB_200_2011.tgz", (CUB_URL,), CUB_MD5, provides="CUB_200_2011/images"),)
 

@@ -39,6 +39,12 @@ class ImageList(Dataset):
         state["_cache"] = None  # each worker maps the file itself instead of receiving a copy
         return state
 
+    @classmethod
+    def evaluation_splits(cls, root: str | Path) -> tuple[str, ...]:
+        """The splits a dataset of this kind read from ``root`` evaluates: ("test",) for self-retrieval or
+        ("query", "gallery"), and then "val" when the data has a validation split of its own."""
+        return ("test",)
+
     def unreadable_advice(self) -> str:
         """What the user can do about an image of this dataset that cannot be decoded."""
         return REPLACE_OR_REMOVE
@@ -91,3 +97,13 @@ def check_files_exist(root: Path, samples: Sequence[tuple[str, int]], hint: str)
     missing = [path for path, _ in samples if not Path(path).is_file()]
     if missing:
         raise UserError(f"{len(missing)} image(s) listed under {root} are missing, e.g. {missing[0]}; {hint}")
+
+
+def own_positions(eval_sets: dict) -> torch.Tensor | None:
+    """(Q,) int64 index in ``eval_sets["gallery"]`` of each query's own image (the same path: a manifest row
+    that is both query and gallery), -1 for none; None when no query is in the gallery or there is no gallery."""
+    if "query" not in eval_sets or "gallery" not in eval_sets:
+        return None
+    where = {path: i for i, (path, _) in enumerate(eval_sets["gallery"].samples)}
+    own = torch.tensor([where.get(path, -1) for path, _ in eval_sets["query"].samples], dtype=torch.int64)
+    return own if bool((own >= 0).any()) else None

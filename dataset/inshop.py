@@ -1,5 +1,8 @@
 """In-Shop Clothes Retrieval: train, and query -> gallery evaluation."""
-from dataset.benchmark import Benchmark, Remote, read_rows
+from pathlib import Path
+
+from dataset.benchmark import INT64_MAX, RESTORE_LISTING, Benchmark, Remote, id_number, numbered_rows
+from errors import UserError
 
 IMG_FOLDER = "https://drive.google.com/drive/folders/0B7EVK8r0v71pYkd5TzBiclMzR00"
 LIST_FOLDER = "https://drive.google.com/drive/folders/0B7EVK8r0v71pWVBJelFmMW5EWnM"
@@ -13,14 +16,19 @@ class InShop(Benchmark):
     """
 
     folder = "Inshop"
+    title = "In-Shop"
     required = ("list_eval_partition.txt", "img")
     splits = ("train", "query", "gallery")
     listing = "list_eval_partition.txt"
-    remotes = (Remote("Inshop/img.zip", (), None, provides="Inshop/img", extract_to="Inshop"),)
+    remotes = (Remote("Inshop/img.zip", (), None, provides="Inshop/img", extract_to="Inshop", page=IMG_FOLDER),)
 
     def how_to_get(self) -> str:
         return (f"In-Shop must be downloaded by hand: put img.zip (from {IMG_FOLDER}) and "
                 f"list_eval_partition.txt (from {LIST_FOLDER}) into {self.base}; img.zip is extracted for you")
+
+    @classmethod
+    def evaluation_splits(cls, root: str | Path) -> tuple[str, ...]:
+        return ("query", "gallery")
 
     @property
     def class_order(self) -> list[int]:
@@ -28,7 +36,14 @@ class InShop(Benchmark):
         return list(dict.fromkeys(self.labels))
 
     def read_split(self, split: str) -> list[tuple[str, int]]:
-        rows = read_rows(self.base / "list_eval_partition.txt", skip=2, columns=3)
-        chosen = [(path, item) for path, item, status in rows if status == split]
-        self.item_ids = [item for _, item in chosen]
-        return [(str(self.base / path), int(item.split("_")[-1])) for path, item in chosen]
+        listing = self.base / "list_eval_partition.txt"
+        chosen = []
+        for number, (path, item, status) in numbered_rows(listing, skip=2, columns=3):
+            label = id_number(listing, number, item, f"an item id id_<digits> up to {INT64_MAX}", prefix="id_")
+            if status not in self.splits:
+                raise UserError(f"{listing}, line {number}: expected an evaluation status {', '.join(self.splits)}, "
+                                f"found {status!r}; {RESTORE_LISTING}")
+            if status == split:
+                chosen.append((path, item, label))
+        self.item_ids = [item for _, item, _ in chosen]
+        return [(str(self.base / path), label) for path, _, label in chosen]

@@ -47,6 +47,7 @@ class ToNormalizedTensor:
         self.byte_max = torch.tensor(255.0)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = None if all(v == 1.0 for v in std) else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self._on_device: dict[torch.device, tuple] = {}
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.finish(ToUint8Tensor()(image))
@@ -57,14 +58,22 @@ class ToNormalizedTensor:
         The constants are tensors on the images' device, never CPU scalars,
         which CUDA would turn into a multiplication by the rounded reciprocal.
         """
-        device = images.device
+        byte_max, mean, std = self.constants(images.device)
         if self.bgr255:
             images = images.flip(-3)  # reordering channels before the float steps changes no value
-        x = images.float().div_(self.byte_max.to(device))
+        x = images.float().div_(byte_max)
         if self.bgr255:
-            x = x.mul_(self.byte_max.to(device))
-        x = x.sub_(self.mean.to(device))
-        return x.div_(self.std.to(device)) if self.std is not None else x
+            x = x.mul_(byte_max)
+        x = x.sub_(mean)
+        return x.div_(std) if std is not None else x
+
+    def constants(self, device: torch.device) -> tuple:
+        """(255, (3, 1, 1) mean, (3, 1, 1) std or None) as float32 tensors on ``device``, copied there once: a
+        copy from pageable host memory per batch would wait for the device every time."""
+        if device not in self._on_device:
+            self._on_device[device] = tuple(None if t is None else t.to(device)
+                                            for t in (self.byte_max, self.mean, self.std))
+        return self._on_device[device]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(bgr255={self.bgr255}, mean={self.mean.flatten().tolist()})"

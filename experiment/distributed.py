@@ -5,9 +5,11 @@ is a no-op for one process, so ``python run.py`` behaves as before.
 """
 import os
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -18,9 +20,20 @@ from errors import UserError
 
 T = TypeVar("T")
 
+# How long the other ranks wait for rank 0 to download, extract and cache a dataset (SOP is 3 GB, and building
+# a --cache-dir cache of 120k images takes a while), far above the collectives' timeout (NCCL's 10 minutes),
+# which stays as torch sets it so that a hung rank is still found during training.
+PREPARATION_TIMEOUT = timedelta(hours=24)
+
+
+# How gloo and the TCP store fail when another process of the run has ended (crashed, killed, stopped on an error).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+CAUSE_GRACE_S = 2.0  # how long a process that lost a peer waits, so that the failed one reports first
+
 
 class SharedError(UserError):
-    """Rank 0's UserError, raised on the other ranks too; rank 0 reports it."""
+    """A UserError every rank meets alike (rank 0's, given to the others, or one each finds itself);
+    rank 0 alone reports it."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,9 @@ def process_group(ctx: Context, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def on_main(ctx: Context, work: Callable[[], T]) -> T:
-    """Run ``work`` on rank 0 only and give its result, or its UserError, to every rank."""
+def on_main(ctx: Context, work: Callable[[], T], group: dist.ProcessGroup | None = None) -> T:
+    """Run ``work`` on rank 0 only and give its result, or its UserError, to every rank (through ``group``,
+    default the whole run's)."""
     if not ctx.active:
         return work()
     box: list = [None]
@@ -85,7 +99,7 @@ def on_main(ctx: Context, work: Callable[[], T]) -> T:
             box[0] = ("ok", work())
         except UserError as exc:
             box[0] = ("error", str(exc))
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group)
     status, value = box[0]
     if status == "error":
         raise (UserError if ctx.is_main else SharedError)(value)
@@ -94,22 +108,28 @@ def on_main(ctx: Context, work: Callable[[], T]) -> T:
 
 @contextmanager
 def main_first(ctx: Context) -> Iterator[None]:
-    """Rank 0 runs the block first (downloads, cache builds); the others run it after a barrier.
+    """Rank 0 runs the block first (downloads, cache builds); the others run it after waiting for it.
 
-    A UserError on rank 0 ends every rank with the same message.
+    They wait in a gloo group of its own with ``PREPARATION_TIMEOUT``, not the
+    collectives' timeout. A UserError on rank 0 ends every rank with the same
+    message; a crash of rank 0 closes its connections, which ends the wait at once.
     """
     if not ctx.active:
         yield
         return
-    if ctx.is_main:
-        error = None
-        try:
-            yield
-        except UserError as exc:
-            error = str(exc)
-        on_main(ctx, lambda: _reraise(error))
-        return
-    on_main(ctx, lambda: None)
+    group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+    try:
+        if ctx.is_main:
+            error = None
+            try:
+                yield
+            except UserError as exc:
+                error = str(exc)
+            on_main(ctx, lambda: _reraise(error), group)
+            return
+        on_main(ctx, lambda: None, group)
+    finally:
+        dist.destroy_process_group(group)
     yield
 
 
@@ -151,3 +171,21 @@ def shard_range(n: int, ctx: Context) -> range:
     base, extra = divmod(n, ctx.world)
     start = ctx.rank * base + min(ctx.rank, extra)
     return range(start, start + base + (ctx.rank < extra))
+
+
+def peer_lost(exc: BaseException, ctx: Context) -> bool:
+    """Whether ``exc`` is a collective or store call failing because another process of the run ended.
+
+    That process printed its own error (or torchrun reports how it ended), so
+    this one has nothing to add.
+    """
+    return ctx.active and isinstance(exc, RuntimeError) and any(text in str(exc) for text in PEER_LOST)
+
+
+def let_the_cause_report(seconds: float = CAUSE_GRACE_S) -> None:
+    """Wait ``seconds`` before ending on a lost peer: the process that failed first prints its error and exits,
+    and torchrun names it as the root cause, before torchrun stops the others (its SIGTERM ends the wait)."""
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass

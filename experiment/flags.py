@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dataset.transforms import DEFAULT_IMAGE_SIZE
-from experiment.run_dir import resume_checkpoint, resume_dir
+from experiment.run_dir import holds_run, outputs_in, resume_checkpoint, resume_dir
 from model.timm_backbone import is_timm
 
 ORIGINAL_FLAGS = ("--mode", "--load", "--dataset", "--backbone", "--l2norm", "--lambda-mdr", "--nu-mdr",
@@ -46,15 +46,19 @@ def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def finite_float(positive: bool) -> Callable[[str], float]:
-    """An argparse type: a finite float, > 0 if ``positive`` else >= 0."""
+def finite_float(positive: bool | None, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite float, > 0 if ``positive``, >= 0 if False, of any sign if None; <= ``high``."""
+    low = {True: "> 0", False: ">= 0", None: ""}[positive]
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'> 0' if positive else '>= 0'}, got {text}")
+        if (not math.isfinite(value) or (positive is not None and value < 0) or (positive and value == 0)
+                or (high is not None and value > high)):
+            bounds = " and ".join(b for b in (low, f"<= {high:g}" if high is not None else "") if b)
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}".rstrip() + f", got {text}")
         return value
     parse.__name__ = "number"
     return parse
@@ -67,8 +71,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
         parser.error(f"--batch {args.batch} must hold at least two classes of --num-image-per-class "
                      f"{args.num_image_per_class}, i.e. be at least {2 * args.num_image_per_class}")
     if args.resume is not None and not resume_checkpoint(args.resume).is_file():
-        parser.error(f"--resume {args.resume}: no checkpoint there; name a run folder holding checkpoint.pth, "
-                     "or the checkpoint file")
+        parser.error(no_checkpoint(args.resume))
     if args.mode == "eval" and args.resume is not None:
         parser.error(f"--resume continues training; to evaluate a run use --mode eval --load "
                      f"{resume_dir(args.resume) / 'best.pth'}")
@@ -84,6 +87,18 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     if args.image_size is None and not is_timm(args.backbone):
         args.image_size = DEFAULT_IMAGE_SIZE
     return args
+
+
+def no_checkpoint(resume: str) -> str:
+    """The error of ``--resume`` naming no checkpoint; a folder that a run stopped before its first
+    checkpoint left is said to be one a new run may take."""
+    folder = resume_dir(resume)
+    if folder.is_dir() and outputs_in(folder) and not holds_run(folder):
+        return (f"--resume {resume}: no checkpoint there; the run in {folder} stopped before its first checkpoint "
+                f"and left only {' and '.join(outputs_in(folder))}, so there is nothing to continue: start it again "
+                f"with --save-dir {folder} instead of --resume (the new run takes the folder)")
+    return (f"--resume {resume}: no checkpoint there; name a run folder holding checkpoint.pth, or the "
+            "checkpoint file")
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:

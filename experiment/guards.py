@@ -1,10 +1,11 @@
-"""Checks before training: is the dataset tree the canonical one, and are the ImageNet weights the real ones."""
-import hashlib
-import re
-from functools import lru_cache
+"""Checks before training: is the dataset tree the canonical one; the ImageNet weights' record.
+
+Whether a weights file is the published one is checked where it is loaded (model/pretrained.py).
+"""
 from pathlib import Path
 
 from errors import UserError
+from model.pretrained import sha256_file
 
 # Canonical split sizes of the four benchmarks, as counted by the dataset readers of this project.
 CANONICAL: dict[str, dict[str, int]] = {
@@ -16,23 +17,22 @@ CANONICAL: dict[str, dict[str, int]] = {
 }
 CANONICAL["sop"] = CANONICAL["stanford"]
 
-# torch.hub's rule: the hex digits after the last '-' of a weights file's name start its sha256.
-HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 PAPER_NEEDS_IMAGENET = ("--no-pretrained: the backbone starts from random weights; the paper's numbers need "
                         "ImageNet weights, so this run is not comparable to them")
 
 
-def split_counts(splits: dict) -> dict[str, int]:
+def split_counts(splits: dict, val_held_out: bool = True) -> dict[str, int]:
     """Images and classes of each split ({name: dataset with .labels}); query and gallery classes together.
 
-    The train counts are of the whole train split: held-out validation classes ("val") are added back.
+    The train counts are of the whole train split: validation classes held out of it ("val" with
+    ``val_held_out``; a manifest's own val split is not) are added back.
     """
     counts: dict[str, int] = {}
     for name, dataset in splits.items():
         counts[f"{name} images"] = len(dataset.labels)
         if name not in ("query", "gallery"):
             counts[f"{name} classes"] = len(set(dataset.labels))
-    if "val" in splits and "train" in splits:
+    if val_held_out and "val" in splits and "train" in splits:
         counts["train images"] += counts["val images"]
         counts["train classes"] += counts["val classes"]
     if "query" in splits and "gallery" in splits:
@@ -66,35 +66,6 @@ def check_data(dataset: str, data_root: str, counts: dict[str, int], strict: boo
                         "--strict-data to train anyway")
     print(f"[Warning] {message}; results will not be comparable to the paper's (--strict-data makes this an error)")
     return problems
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of ``path``, computed once per file version."""
-    stat = path.stat()
-    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-def check_name_hash(path: Path) -> str:
-    """Refuse ``path`` when its sha256 does not start with the hash in its name (as torch.hub checks).
-
-    Returns the sha256. A name without a hash (a user's own file) is not checked.
-    """
-    digest = sha256_file(path)
-    match = HASH_IN_NAME.search(path.name)
-    if match and match.group(1) and not digest.startswith(match.group(1)):
-        raise UserError(f"pretrained weights {path} have sha256 {digest}, but the name says it starts with "
-                        f"{match.group(1)}; the file is damaged or not the published one: download it again "
-                        "or pass the right file to --pretrained")
-    return digest
 
 
 def weights_record(path: Path | None) -> dict | None:

@@ -2,11 +2,20 @@
 import argparse
 
 from errors import UserError
+from loss.mdr import LEVELS, MOMENTUM
 
-# Flags that do not change what is trained: where things live, how fast it runs, what else is written.
-CHANGEABLE = frozenset({"epochs", "workers", "device", "eval_batch", "cache_dir", "plot", "save_embeddings",
-                        "save_retrievals", "tensorboard", "download", "data", "metrics", "resume", "save_dir",
-                        "overwrite", "deterministic", "strict_data", "eval_every", "per_class", "worst"})
+# Flags that never change a run's numbers: where things live, how fast it runs (float rounding aside), what
+# else is written.
+NO_EFFECT = frozenset({"workers", "device", "eval_batch", "cache_dir", "plot", "save_embeddings",
+                       "save_retrievals", "tensorboard", "download", "data", "metrics", "resume", "save_dir",
+                       "overwrite", "deterministic", "strict_data", "mode", "per_class", "worst"})
+# Flags a resume may change: those, more epochs, another evaluation schedule, and TF32 (a speed setting whose
+# rounding can change numbers, so the report still tells runs apart by it).
+CHANGEABLE = NO_EFFECT | {"epochs", "eval_every", "tf32"}
+
+# Flags added after runs were first recorded, with the value the runs recorded before them used.
+IMPLIED = {"loss": "triplet", "loss_args": [], "loss_lr_mult": 1.0, "mdr_levels": list(LEVELS),
+           "mdr_momentum": MOMENTUM}
 
 
 # Flags about this invocation only, never taken from the checkpoint.
@@ -16,6 +25,11 @@ INVOCATION = frozenset({"resume", "save_dir", "overwrite", "mode"})
 def run_flags(args: argparse.Namespace) -> dict:
     """Every flag of the run as plain values, for the checkpoint."""
     return {k: v for k, v in sorted(vars(args).items()) if not k.startswith("_")}
+
+
+def recorded_flags(saved: dict) -> dict:
+    """The flags a checkpoint or config.json recorded, with the IMPLIED values of flags added since."""
+    return {**IMPLIED, **saved}
 
 
 def adopt_saved_flags(args: argparse.Namespace, state: dict) -> None:
@@ -31,7 +45,7 @@ def adopt_saved_flags(args: argparse.Namespace, state: dict) -> None:
 
 def changed_flags(saved: dict, args: argparse.Namespace) -> list[str]:
     """'--flag: saved -> given' for each run-defining flag that differs from the checkpoint's."""
-    given = run_flags(args)
+    given, saved = run_flags(args), recorded_flags(saved)
     return [f"--{k.replace('_', '-')}: {saved[k]!r} -> {given.get(k)!r}"
             for k in sorted(saved) if k not in CHANGEABLE and saved[k] != given.get(k)]
 

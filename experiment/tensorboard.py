@@ -34,18 +34,20 @@ class TensorBoardLog:
         for tag, value in (("iteration/loss", loss), ("iteration/mdr_term", mdr_term), ("iteration/lr", lr)):
             self.writer.add_scalar(tag, value, step)
 
-    def log_epoch(self, record: dict, test_embeddings: torch.Tensor, mdr: MDRLoss, mean_scaled: bool) -> None:
-        """Every value of the epoch's history record (metrics under metrics/), the three MDR levels, and
-        the histogram of normalised test distances as MDR sees them; then flushes to disk."""
+    def log_epoch(self, record: dict, test_embeddings: torch.Tensor | None, mdr: MDRLoss, mean_scaled: bool) -> None:
+        """Every value of the epoch's history record (metrics under metrics/), the three MDR levels, and,
+        for an evaluated epoch (``test_embeddings`` (N, D) given), the histogram of normalised test
+        distances as MDR sees them; then flushes to disk."""
         epoch = record["epoch"]
         for name, value in record.items():
             if name not in ("epoch", "levels"):
                 self.writer.add_scalar(EPOCH_TAGS.get(name, f"metrics/{name}"), value, epoch)
         for i, level in enumerate(record["levels"]):
             self.writer.add_scalar(f"mdr/level_{i}", level, epoch)
-        distances = mdr_distance_sample(test_embeddings, float(mdr.momented_mean), float(mdr.momented_std),
-                                        mean_scaled)
-        self.writer.add_histogram("mdr/normalized_test_distances", distances, epoch)
+        if test_embeddings is not None:
+            distances = mdr_distance_sample(test_embeddings, float(mdr.momented_mean), float(mdr.momented_std),
+                                            mean_scaled)
+            self.writer.add_histogram("mdr/normalized_test_distances", distances, epoch)
         self.writer.flush()
 
     def log_embeddings(self, embeddings: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:

@@ -65,13 +65,23 @@ def validation_classes(class_order: Sequence[int], count: int) -> set[int]:
     return set(random.Random(SPLIT_SEED).sample(sorted(class_order), count))
 
 
-def split_validation(args: argparse.Namespace, train: Dataset,
-                     train_for_eval: Callable[[], Dataset]) -> tuple[Dataset, Dataset | None]:
+def split_validation(args: argparse.Namespace, train: Dataset, train_for_eval: Callable[[], Dataset],
+                     own: Dataset | None = None) -> tuple[Dataset, Dataset | None]:
     """(training part, validation part or None) of the train split ``train``.
 
     ``train_for_eval`` builds the same split with the test transform, from
-    which the validation part is taken.
+    which the validation part is taken. ``own`` is the data's own validation
+    split (a manifest's val rows): it is the validation part, ``train`` is kept
+    whole, and --val-classes / --val-fraction are refused.
     """
+    if own is not None:
+        if args.val_classes is not None or args.val_fraction is not None:
+            flag = "--val-classes" if args.val_classes is not None else "--val-fraction"
+            raise UserError(f"{flag} holds out training classes, but {args.data} has a val split of its own "
+                            f"({len(own)} images), which selects best_val.pth: drop {flag}")
+        print(f"[Validation] the val split of {args.data} ({len(own)} images of {len(set(own.labels))} classes) "
+              "selects best_val.pth")
+        return train, own
     count = held_out_count(len(train.class_order), args.val_classes, args.val_fraction)
     if not count:
         return train, None

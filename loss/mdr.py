@@ -6,6 +6,9 @@ from torch import nn
 
 from metric.distance import off_diagonal, pdist
 
+LEVELS = (-3.0, 0.0, 3.0)  # the authors' initial levels, in units of the running std of the distances
+MOMENTUM = 0.9  # the authors' momentum of the running mean and std
+
 
 class MDRLoss(nn.Module):
     """Pulls every normalised pairwise distance towards its nearest learnable level.
@@ -20,7 +23,7 @@ class MDRLoss(nn.Module):
     the state_dict, so a resumed run continues with the same statistics.
     """
 
-    def __init__(self, levels: Sequence[float] = (-3.0, 0.0, 3.0), momentum: float = 0.9):
+    def __init__(self, levels: Sequence[float] = LEVELS, momentum: float = MOMENTUM):
         super().__init__()
         self.levels = nn.Parameter(torch.tensor(list(levels), dtype=torch.float32))
         self.momentum = momentum

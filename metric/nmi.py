@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from errors import UserError
+from metric.device import float64_device
 from metric.kmeans import kmeans
 
 
@@ -98,8 +99,10 @@ def _check(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
 def clustering_metrics(embeddings: torch.Tensor, labels: torch.Tensor, metrics=("nmi",),
                        seed: int = 0) -> dict[str, float]:
     """{"NMI": ..., "AMI": ...} in percent, as ``metrics`` ask ("nmi", "ami"), of one k-means clustering
-    (k = number of classes, ``seed``) of (N, D) embeddings against their (N,) labels."""
+    (k = number of classes, ``seed``) of (N, D) embeddings against their (N,) labels. Embeddings on MPS
+    are clustered on the CPU (``float64_device``)."""
     _check(embeddings, labels)
+    embeddings = embeddings.to(float64_device(embeddings.device))
     assign = kmeans(embeddings, len(torch.unique(labels)), seed=seed)
     scores = {"nmi": ("NMI", normalized_mutual_info), "ami": ("AMI", adjusted_mutual_info)}
     return {name: 100.0 * score(assign, labels) for key, (name, score) in scores.items() if key in metrics}

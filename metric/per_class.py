@@ -8,15 +8,16 @@ from metric.retrieval import class_means, per_query_metrics
 
 
 def per_class_csv(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None,
-                  gallery_labels: torch.Tensor | None, ks: Sequence[int], map_r: bool) -> str:
+                  gallery_labels: torch.Tensor | None, ks: Sequence[int], map_r: bool,
+                  own: torch.Tensor | None = None) -> str:
     """CSV text ``label,queries,Recall@K...[,MAP@R,R-Precision]``, percent, one row per query label (ascending).
 
     The arguments are those of ``metric.retrieval.retrieval_metrics`` (``map_r``
-    adds the last two columns). A class's value is the mean over its queries;
+    adds the last two columns; ``own``: each query's own gallery item). A class's value is the mean over its queries;
     MAP@R and R-Precision over those with positives, empty when it has none.
     """
     ks = list(ks)
-    outcome = per_query_metrics(query, query_labels, gallery, gallery_labels, ks, map_r)
+    outcome = per_query_metrics(query, query_labels, gallery, gallery_labels, ks, map_r, own=own)
     classes, _, queries = class_means(outcome.positives.double(), query_labels)
     columns = [class_means(outcome.hits[:, i].double(), query_labels)[1] for i in range(len(ks))]
     header = ["label", "queries"] + [f"Recall@{k}" for k in ks]

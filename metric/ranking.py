@@ -32,6 +32,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from errors import UserError
+from metric.device import float64_device
 from metric.tile_scan import Found, Thresholds, augment, concat_pairs, mean64, products, scan, squared_norms
 
 DEFAULT_MEMORY_BUDGET = 48 * 2**20  # CPU: bytes of one tile's working set (1,024 x 8,192: the product stays efficient)
@@ -40,6 +41,7 @@ _ROWS = 1024  # query rows per tile: fewer starve the matrix product
 _MIN_COLS = 512  # gallery columns per tile below which rows are traded for columns
 _MAX_ROWS = 8192  # query rows per tile when the whole gallery row fits (device memory)
 _FREE_MEMORY_SHARE = 4  # on CUDA a tile may use 1/4 of the free device memory
+_MAX_ENTRIES = 2**31 - 1  # entries of one tile: CUDA's nonzero takes fewer than 2^31 elements (older torch)
 _SETTLE_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 24}  # float64 differences settled at once (CPU: in cache)
 _U = 2.0**-24  # unit roundoff of the float32 products (IEEE float32: numpy on the CPU, no TF32 on CUDA)
 _NONE = torch.iinfo(torch.int64).max // 2  # rank of a positive that does not exist
@@ -78,9 +80,10 @@ def tile_shape(num_query: int, num_gallery: int, memory_budget: int) -> tuple[in
 
     When whole gallery rows fit at least 1,024 at a time (device memory), a tile
     is up to 8,192 whole rows; otherwise 1,024 rows (fewer under a tiny budget)
-    by as many columns as fit. Every dimension is at least 1.
+    by as many columns as fit. Every dimension is at least 1, and a tile has
+    fewer than 2^31 entries whatever the budget.
     """
-    entries = max(1, memory_budget // _BYTES_PER_ENTRY)
+    entries = max(1, min(memory_budget // _BYTES_PER_ENTRY, _MAX_ENTRIES))
     gallery = max(1, num_gallery)
     if entries // gallery >= _ROWS:
         return max(1, min(num_query, _MAX_ROWS, entries // gallery)), gallery
@@ -211,6 +214,7 @@ class _Problem(NamedTuple):
     q_norm: torch.Tensor  # (Q,) float64 |q|
     g_norm: torch.Tensor  # () float64 largest |g|
     positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # _positive_table's (order, start, count)
+    own: torch.Tensor | None  # (Q,) int64 gallery index of each query's own item, -1 for none (separate gallery)
     width: int  # positives ranked per query (J)
     rank_limit: int
     tile: tuple[int, int]  # (rows, cols)
@@ -218,8 +222,11 @@ class _Problem(NamedTuple):
     pool: ThreadPoolExecutor
 
 
-def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """((b, P) gallery indices of the positives of queries lo..hi padded with -1, (b,) their number R)."""
+def _block_positives(p: _Problem, lo: int, hi: int, own: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((b, P) gallery indices of the positives of queries lo..hi padded with -1, (b,) their number R).
+
+    ``own`` (b,) is the gallery index of each query's own item (-1: none), which is not its positive.
+    """
     order, starts, counts = p.positives
     pos_count = counts[lo:hi]
     if not len(order):  # an empty gallery: nobody has a positive
@@ -227,10 +234,19 @@ def _block_positives(p: _Problem, lo: int, hi: int, exclude_self: bool) -> tuple
     offsets = torch.arange(max(1, int(counts.max())), device=p.gallery.device)
     valid = offsets < pos_count[:, None]
     pos_idx = torch.where(valid, order[(starts[lo:hi, None] + offsets).clamp(max=len(order) - 1)], -1)
-    if exclude_self:
-        pos_idx = torch.where(pos_idx == torch.arange(lo, hi, device=p.gallery.device)[:, None], -1, pos_idx)
-        pos_count = pos_count - 1
+    if own is not None:
+        mine = (pos_idx == own[:, None]) & (own[:, None] >= 0)
+        pos_idx = torch.where(mine, -1, pos_idx)
+        pos_count = pos_count - mine.sum(dim=1)
     return pos_idx, pos_count
+
+
+def _hide_own(tile: torch.Tensor, own: torch.Tensor, c0: int) -> None:
+    """Set each row's entry of its own item (``own``: (rows,) gallery indices, -1 for none) to +inf in a
+    (rows, cols) tile of gallery columns c0.., so that no query retrieves itself."""
+    col = own - c0
+    inside = ((col >= 0) & (col < tile.shape[1])).nonzero().squeeze(1)
+    tile[inside, col[inside]] = float("inf")
 
 
 def _limit(pos_count: torch.Tensor, width: int, rank_limit: int) -> torch.Tensor:
@@ -269,7 +285,8 @@ def _gallery_blocks(p: _Problem) -> Iterator[Block]:
     rows_per_block, cols = p.tile
     for lo in range(0, len(p.query), rows_per_block):
         hi = min(lo + rows_per_block, len(p.query))
-        pos_idx, pos_count = _block_positives(p, lo, hi, exclude_self=False)
+        own = None if p.own is None else p.own[lo:hi]
+        pos_idx, pos_count = _block_positives(p, lo, hi, own)
         th = _thresholds(p.query[lo:hi], p.gallery, (p.q_norm[lo:hi], p.g_norm), pos_idx, p.width, p.pool)
         limit = _limit(pos_count, p.width, p.rank_limit)
         closer = torch.zeros(hi - lo, p.width, dtype=torch.int64, device=device)
@@ -283,6 +300,8 @@ def _gallery_blocks(p: _Problem) -> Iterator[Block]:
             query = p.query_aug[lo:hi] if everyone else p.query_aug[lo:hi][active]
             tile = buf[:len(active) * (c1 - c0)].view(len(active), c1 - c0)
             products(query, p.gallery_aug[c0:c1], tile)
+            if own is not None:
+                _hide_own(tile, own if everyone else own[active], c0)
             found = _scan_tile(p, tile, _subset(th, active), None, masks)
             closer[active] += found.counts
             pairs.append((active[found.pairs[0]], found.pairs[1] + c0, found.pairs[2]))
@@ -307,7 +326,7 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
     pos_counts, parts = [], []
     for lo in starts:  # every query's thresholds first: later blocks' columns meet earlier rows
         hi = min(lo + rows_per_block, n)
-        pos_idx, pos_count = _block_positives(p, lo, hi, exclude_self=True)
+        pos_idx, pos_count = _block_positives(p, lo, hi, torch.arange(lo, hi, device=device))
         pos_counts.append(pos_count)
         parts.append(_thresholds(p.query[lo:hi], p.gallery, (p.q_norm[lo:hi], p.g_norm), pos_idx, p.width, p.pool))
     th = Thresholds(*(torch.cat(x) for x in zip(*parts)))
@@ -344,21 +363,24 @@ def _self_blocks(p: _Problem) -> Iterator[Block]:
 
 def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
                    gallery_labels: torch.Tensor, exclude_self: bool, all_positives: bool, rank_limit: int = 0,
-                   memory_budget: int | None = None) -> Iterator[Block]:
+                   memory_budget: int | None = None, own: torch.Tensor | None = None) -> Iterator[Block]:
     """Yield the positive ranks of (Q, D) queries against (M, D) gallery items, block by block.
 
     With ``exclude_self`` the query set is the gallery (the same embeddings):
-    query i never retrieves item i and is not its own positive. Only the
+    query i never retrieves item i and is not its own positive. With a
+    separate gallery, ``own`` (Q,) int64 names each query's own item in it
+    (the same image, when a row is both query and gallery; -1 for none), which
+    likewise it never retrieves and is not its positive. Only the
     nearest positive is ranked (enough for Recall@K) unless ``all_positives``
     (MAP@R, R-Precision). A query's nearest positive is ranked exactly below
     ``max(rank_limit, R)`` (Recall@K needs K up to ``rank_limit``), its j-th
     below R, its number of positives (MAP@R); a rank past its limit is
     reported as some rank past it. ``memory_budget`` defaults to
-    ``memory_budget_for`` the embeddings' device.
+    ``memory_budget_for`` the embeddings' device. Embeddings on MPS are ranked on the CPU (``float64_device``).
     """
-    query = query.detach().float().contiguous()
-    gallery = query if exclude_self else gallery.detach().float().contiguous()
-    device = gallery.device
+    device = float64_device(gallery.device)
+    query = query.detach().float().to(device).contiguous()
+    gallery = query if exclude_self else gallery.detach().float().to(device).contiguous()
     if memory_budget is None:
         memory_budget = memory_budget_for(device)
     positives = _positive_table(query_labels.to(device).long(), gallery_labels.to(device).long())
@@ -366,7 +388,8 @@ def iterate_blocks(query: torch.Tensor, query_labels: torch.Tensor, gallery: tor
     threads = torch.get_num_threads()
     query_aug, gallery_aug, q_norm, g_norm = _centred_rows(query, gallery, exclude_self)
     with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        problem = _Problem(query, gallery, query_aug, gallery_aug, q_norm, g_norm, positives,
+        own = None if exclude_self or own is None else own.to(device).long()
+        problem = _Problem(query, gallery, query_aug, gallery_aug, q_norm, g_norm, positives, own,
                            max(1, most) if all_positives else 1, rank_limit,
                            tile_shape(len(query), len(gallery), memory_budget), threads, pool)
         blocks = (_self_blocks if exclude_self else _gallery_blocks)(problem)
@@ -408,23 +431,40 @@ def _centred_rows(query: torch.Tensor, gallery: torch.Tensor, exclude_self: bool
 
 @contextmanager
 def _ieee_products(device: torch.device) -> Iterator[None]:
-    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it), through
-    the same API the user set TF32 with; restored after. numpy's products on the CPU are IEEE anyway."""
+    """On CUDA, the enclosed float32 products in IEEE float32, not TF32 (the error bound assumes it); every
+    precision setting reads as before afterwards. numpy's products on the CPU are IEEE anyway.
+
+    torch refuses a product once its legacy setting (``set_float32_matmul_precision``)
+    and the newer ``fp32_precision`` ones disagree, so TF32 goes off through the
+    API the settings are consistent with: the legacy one while it can be read,
+    the newer one after that was used. The legacy call also sets the newer
+    values of cuBLAS and oneDNN, which are put back after it.
+    """
     if device.type != "cuda":
         yield
         return
-    matmul = torch.backends.cuda.matmul
+    newer = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    saved = [backend.fp32_precision for backend in newer]
     try:
-        saved = torch.get_float32_matmul_precision()  # raises once the newer fp32_precision API is in use
+        legacy = torch.get_float32_matmul_precision()  # raises once the newer API is in use
     except RuntimeError:
-        saved, matmul.fp32_precision = matmul.fp32_precision, "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = saved
-        return
-    torch.set_float32_matmul_precision("highest")
+        legacy = None
+    if legacy is None:
+        newer[0].fp32_precision = "ieee"
+    else:
+        torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved)
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy)
+        for backend, value in zip(newer, saved):
+            _restore_precision(backend, value)
+
+
+def _restore_precision(backend, value: str) -> None:
+    """Set ``backend.fp32_precision`` back to ``value`` as read before: "none" (inherit the parent setting,
+    torch's default) when that reads as ``value``, else ``value`` itself."""
+    backend.fp32_precision = "none"
+    if backend.fp32_precision != value:
+        backend.fp32_precision = value

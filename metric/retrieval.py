@@ -71,7 +71,7 @@ def _check_labels(sets: list) -> None:
 
 def per_query_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None,
                       gallery_labels: torch.Tensor | None, ks: Sequence[int] = (), map_r: bool = False,
-                      memory_budget: int | None = None) -> PerQuery:
+                      memory_budget: int | None = None, own: torch.Tensor | None = None) -> PerQuery:
     """Each query's hits at every K and, with ``map_r``, its AP@R and R-Precision, from one pass.
 
     The arguments are those of ``retrieval_metrics``.
@@ -79,6 +79,8 @@ def per_query_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     ks = list(ks)
     self_mode = gallery is None
     _check_labels([("query", query, query_labels)] + ([] if self_mode else [("gallery", gallery, gallery_labels)]))
+    if own is not None and len(own) != len(query):
+        raise UserError(f"{len(query)} queries but {len(own)} own-item indices; pass one per query")
     gallery = query if self_mode else gallery
     gallery_labels = query_labels if self_mode else gallery_labels
     ks_t = torch.tensor(ks, dtype=torch.int64)
@@ -88,7 +90,7 @@ def per_query_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     positives = torch.zeros(len(query), dtype=torch.int64)
     blocks = iterate_blocks(query, query_labels.to(query.device), gallery, gallery_labels.to(gallery.device),
                             exclude_self=self_mode, all_positives=map_r,
-                            rank_limit=max(ks, default=0), memory_budget=memory_budget)
+                            rank_limit=max(ks, default=0), memory_budget=memory_budget, own=own)
     for block in blocks:
         hits[block.rows] = _recall_hits(block, ks_t)
         positives[block.rows] = block.pos_count.cpu()
@@ -99,7 +101,8 @@ def per_query_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
 
 def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None,
                       gallery_labels: torch.Tensor | None, ks: Sequence[int] = (),
-                      metrics: Iterable[str] = ("recall",), memory_budget: int | None = None) -> dict[str, float]:
+                      metrics: Iterable[str] = ("recall",), memory_budget: int | None = None,
+                      own: torch.Tensor | None = None) -> dict[str, float]:
     """Recall@K and, with "map_r" in ``metrics``, MAP@R and R-Precision, all in percent, from one pass.
 
     Args:
@@ -112,6 +115,8 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
         metrics: "recall" and/or "map_r", and "per_class" for the class-averaged values of those
             ("class-avg Recall@K", "class-avg MAP@R"); other names are ignored here.
         memory_budget: bytes of one distance tile; default by device (see metric.ranking).
+        own: with ``gallery``, (Q,) int64 index in the gallery of each query's own item (the same image, when
+            an image is both a query and a gallery item; -1 for none): never retrieved, not its positive.
 
     Returns:
         {"Recall@K": ..., "MAP@R": ..., "R-Precision": ...} as requested. MAP@R and
@@ -121,7 +126,8 @@ def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: 
     """
     metrics = {metrics} if isinstance(metrics, str) else set(metrics)
     ks = list(ks)
-    outcome = per_query_metrics(query, query_labels, gallery, gallery_labels, ks, "map_r" in metrics, memory_budget)
+    outcome = per_query_metrics(query, query_labels, gallery, gallery_labels, ks, "map_r" in metrics, memory_budget,
+                                own)
     out = {}
     if "recall" in metrics:
         out.update({f"Recall@{k}": v for k, v in zip(ks, (100.0 * outcome.hits.sum(dim=0).double()

@@ -120,6 +120,10 @@ class BNInceptionTrunk(nn.Module):
     """Backbone for the embedding model: (N, 3, H, W) -> (N, 1024, 1, 1) spatially averaged features.
 
     The network lives under ``.model`` so the keys read ``base.model.<layer>``.
+    The ImageNet classifier ``model.last_linear`` stays for those keys (the
+    authors' checkpoints hold it) but ``forward`` never uses it, so it is
+    frozen: DDP waits for a gradient of every parameter that requires one, and
+    Adam never updated it anyway (it gets no gradient), so updates are unchanged.
     """
 
     output_size = 1024
@@ -127,6 +131,7 @@ class BNInceptionTrunk(nn.Module):
     def __init__(self):
         super().__init__()
         self.model = BNInception()
+        self.model.last_linear.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.model.features(x)

@@ -2,6 +2,7 @@
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -43,9 +44,29 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 
 
 def save_atomic(obj: object, path: str | Path) -> None:
-    """torch.save ``obj`` to ``path`` atomically (see ``atomic_file``)."""
+    """torch.save ``obj`` with its tensors on the CPU (``on_cpu``) to ``path`` atomically (see ``atomic_file``).
+
+    A file of CUDA tensors would need a GPU, or ``map_location``, to be loaded.
+    """
     with atomic_file(path) as f:
-        torch.save(obj, f)
+        torch.save(on_cpu(obj), f)
+
+
+def on_cpu(obj: object) -> object:
+    """``obj`` with every tensor in its dicts, lists and tuples moved to the CPU (CPU tensors are not copied).
+
+    A state_dict keeps its ``_metadata`` (the module versions ``load_state_dict`` reads).
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        moved = (OrderedDict if isinstance(obj, OrderedDict) else dict)((k, on_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            moved._metadata = obj._metadata
+        return moved
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
 
 
 def read_weights_file(path: str | Path) -> dict:

@@ -7,6 +7,8 @@ from torch import nn
 
 from errors import UserError
 from experiment.optional import require
+from model.checkpoint import read_weights_file
+from model.pretrained import load_pretrained
 
 PREFIX = "timm:"
 
@@ -34,19 +36,45 @@ def timm_input(backbone: str) -> tuple[int, tuple[float, ...], tuple[float, ...]
     return data["input_size"][-1], tuple(data["mean"]), tuple(data["std"])
 
 
+# The state_dict inside a checkpoint, in the order timm's own loading picks it (its EMA weights first).
+CHECKPOINT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def _file_state(timm: ModuleType, path: Path) -> dict:
+    """The state_dict in a weights file: a torch file (also a checkpoint holding it) or a .safetensors file."""
+    if not path.is_file():
+        raise UserError(f"pretrained weights {path} not found; pass an existing file to --pretrained "
+                        "or train from scratch with --no-pretrained")
+    if path.suffix == ".safetensors":
+        try:
+            return timm.models.load_state_dict(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise UserError(f"cannot read pretrained weights {path} ({str(exc).splitlines()[0]}); the file is "
+                            "damaged or not a safetensors file") from None
+    state = read_weights_file(path)
+    if isinstance(state, dict):
+        state = next((state[k] for k in CHECKPOINT_KEYS if isinstance(state.get(k), dict)), state)
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained weights {path} hold no state_dict; pass the weights file of the timm model")
+    return timm.models.clean_state_dict(state)
+
+
 def _create(timm: ModuleType, backbone: str, name: str, pretrained: bool | str | Path) -> nn.Module:
-    """timm.create_model without classifier; a weights file goes through timm's own loading."""
+    """timm.create_model without classifier; a weights file loads as strictly as the authors' backbones.
+
+    The file must hold the model's own keys (timm's published files and
+    ``model.state_dict()`` do); its classifier is dropped, every other tensor
+    must fit, and the "[Weights] FILE filled N of M backbone tensors" line is printed.
+    """
     if isinstance(pretrained, (str, Path)):
         path = Path(pretrained)
-        if not path.is_file():
-            raise UserError(f"pretrained weights {path} not found; pass an existing file to --pretrained "
-                            "or train from scratch with --no-pretrained")
-        try:
-            return timm.create_model(name, pretrained=True, num_classes=0,
-                                     pretrained_cfg_overlay={"file": str(path)})
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(f"pretrained weights {path} do not fit --backbone {backbone}: "
-                            f"{str(exc).splitlines()[0]}; pass the weights of {name}") from None
+        state = _file_state(timm, path)
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        classifiers = model.pretrained_cfg.get("classifier") or ()
+        classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+        state = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in classifiers}
+        load_pretrained(model, state, path, backbone)
+        return model
     try:
         return timm.create_model(name, pretrained=bool(pretrained), num_classes=0)
     except Exception as exc:

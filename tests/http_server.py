@@ -37,9 +37,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve(directory: Path):
-    """Yield the base URL of a server for ``directory``; it stops when the block ends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeHandler, directory=str(directory)))
+def serve(directory: Path, handler: type[SimpleHTTPRequestHandler] = RangeHandler):
+    """Yield the base URL of a server for ``directory`` answering with ``handler``; it stops when the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

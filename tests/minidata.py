@@ -174,3 +174,24 @@ def shuffled(seq, seed=0):
     out = list(seq)
     random.Random(seed).shuffle(out)
     return out
+
+
+def make_split_folders(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    """``root/<split>/<class>/<i>.jpg`` for ``layout`` = {split: {class name: images}}; a class's images look
+    alike whichever split holds them."""
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            for i in range(count):
+                write(root / split / name / f"{split}_{i}.jpg", jpeg_bytes(sum(map(ord, name)) * 100 + i))
+    return root
+
+
+def write_manifest(path: Path, rows: list[tuple], flags: bool | None = None) -> Path:
+    """A manifest at ``path`` of (path, label, split[, is_query, is_gallery]) rows; the flag columns are
+    written when the rows have them (or ``flags`` says so)."""
+    flags = len(rows[0]) == 5 if flags is None else flags
+    lines = ["path,label,split" + (",is_query,is_gallery" if flags else "")]
+    lines += [",".join(str(int(x) if isinstance(x, bool) else x) for x in row) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,9 +1,12 @@
 """Cars-196 in the original, torchvision/Kaggle and class-folder layouts: same images, same labels, same split."""
+import dataclasses
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
 
 from dataset import Cars196
 from dataset.benchmark import Remote
@@ -168,3 +171,89 @@ def test_original_layout_wins_and_only_it_is_downloaded(tmp_path, monkeypatch):
     make_cars(tmp_path, classes=2, per_class=1)
     shutil.rmtree(tmp_path / "stanford_cars" / "cars_test")  # a partial copy beside a complete original
     assert Cars196(tmp_path, "test").samples == [(str(tmp_path / "Cars196" / "car_ims" / "000002.jpg"), 98)]
+
+
+# --- issue 22: annotation files that are no MAT files, junk cars_meta.mat, bad class fields, placed archives ---
+
+NOT_MAT = [b"", bytes(200), b"<!DOCTYPE html><html><body>Sign in</body></html>", b"not a MAT file\n" * 20]
+
+
+@pytest.mark.parametrize("content", NOT_MAT, ids=["empty", "zeros", "html", "text"])
+@pytest.mark.parametrize("layout, annotations, fix", [
+    ("original", "Cars196/cars_annos.mat", "replace it with cars_annos.mat (md5 b407c6086d669747186bd1d764ff9dbc)"),
+    ("devkit", "stanford_cars/devkit/cars_train_annos.mat", "replace it with the devkit's copy"),
+])
+def test_annotation_file_that_is_no_mat_file_is_one_line(tmp_path, content, layout, annotations, fix):
+    if layout == "original":
+        make_cars(tmp_path)
+    else:
+        write_cars_devkit(tmp_path, cars_images())
+    (tmp_path / annotations).write_bytes(content)
+    with pytest.raises(UserError) as exc:
+        Cars196(tmp_path, "train")
+    message = str(exc.value)
+    assert message.startswith(f"cannot read {tmp_path / annotations} as a MAT file (") and message.endswith(fix)
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("junk, found", [
+    (b"", "cannot read"), (bytes(200), "cannot read"),
+    (list(range(196)), "expected 196 distinct class names, found"),
+    (["Same Car 2012"] * 196, "expected 196 distinct class names, found a name twice"),
+], ids=["empty", "zeros", "numbers", "duplicates"])
+def test_junk_cars_meta_is_one_line(tmp_path, junk, found):
+    write_cars_class_folders(tmp_path, cars_images(), OFFICIAL_NAMES)
+    meta = tmp_path / "Cars196" / "devkit" / "cars_meta.mat"
+    write_cars_meta(meta, OFFICIAL_NAMES)
+    if isinstance(junk, bytes):
+        meta.write_bytes(junk)
+    else:
+        write_cars_meta(meta, junk)
+    with pytest.raises(UserError) as exc:
+        Cars196(tmp_path, "train")
+    message = str(exc.value)
+    assert str(meta) in message and found in message and "\n" not in message
+    assert message.endswith("replace it with the devkit's cars_meta.mat, or remove it to use cars196_classes.txt")
+
+
+@pytest.mark.parametrize("value", ["three", 0, 197, 2.5, -1])
+@pytest.mark.parametrize("layout", ["original", "devkit"])
+def test_class_field_that_is_no_class_number_is_named(tmp_path, value, layout):
+    images = cars_images()
+    images[0] = (value, False, images[0][2])  # the first annotation of the official train set in both layouts
+    if layout == "original":
+        write_cars_original(tmp_path, images)
+        annotations = tmp_path / "Cars196" / "cars_annos.mat"
+    else:
+        write_cars_devkit(tmp_path, images)
+        annotations = tmp_path / "stanford_cars" / "devkit" / "cars_train_annos.mat"
+    with pytest.raises(UserError) as exc:
+        Cars196(tmp_path, "test")
+    assert str(exc.value).startswith(f"{annotations}, annotation 1: expected a class number from 1 to 196, "
+                                     f"found {value!r}; replace it with ")
+
+
+def test_devkit_file_name_that_is_no_text_is_named(tmp_path):
+    write_cars_devkit(tmp_path, cars_images())
+    path = tmp_path / "stanford_cars" / "devkit" / "cars_train_annos.mat"
+    annotations = scipy.io.loadmat(path)["annotations"]
+    annotations[0, 1]["fname"] = np.array([[7]])
+    scipy.io.savemat(path, {"annotations": annotations})
+    with pytest.raises(UserError, match=r"cars_train_annos\.mat, annotation 2: expected a file name in 'fname', "
+                                        r"found 7; replace it with the devkit's copy"):
+        Cars196(tmp_path, "train")
+
+
+def test_car_ims_placed_by_hand_is_used_with_a_warning_when_downloads_are_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Cars196, "remotes", tuple(dataclasses.replace(r, urls=("http://127.0.0.1:9/gone",))
+                                                  for r in Cars196.remotes))
+    src = make_cars(tmp_path / "src")
+    base = tmp_path / "data" / "Cars196"
+    base.mkdir(parents=True)
+    tar_tree(src / "Cars196", base / "car_ims.tgz", "car_ims")
+    shutil.copy(src / "Cars196" / "cars_annos.mat", base)
+    assert len(Cars196(tmp_path / "data", "train", download=True)) == 12
+    out = capsys.readouterr().out
+    assert f"[Warning] {base / 'car_ims.tgz'} has md5 " in out
+    assert "not the published d5c8f0aa497503f355e17dc7886c3f14" in out
+    assert (base / "car_ims.tgz").is_file() and not list(base.glob("*.bad*"))

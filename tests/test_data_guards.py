@@ -1,6 +1,8 @@
 """Issue 16, data half: class folders, a self-checking cache, image errors through workers, applicable advice."""
 import fcntl
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +14,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from dataset import CUB200, Folder, StanfordOnlineProducts
-from dataset import cache
+from dataset import CUB200, Cars196, Folder, InShop, StanfordOnlineProducts
+from dataset import benchmark, cache
 from dataset.benchmark import Remote
 from dataset.decode import load_rgb
 from dataset.download import download, extract_archive
 from dataset.image_list import ImageList
 from dataset.transforms import build_transforms
 from errors import UserError
-from minidata import make_cub, make_folder, make_sop, write, zip_tree
+from http_server import serve
+from minidata import make_cub, make_folder, make_inshop, make_sop, tar_tree, write, zip_tree
 
 _, TEST_TF = build_transforms("resnet18", 64)  # Resize((73, 73)), then a center crop
 
@@ -330,3 +333,143 @@ def test_cached_steps_equal_the_pil_steps(backbone, size):
             expected = T.Compose(steps)(Image.fromarray(array))
             torch.manual_seed(seed)
             assert torch.equal(CachedTransform(steps)(array), expected)
+
+
+# --- issue 22: the user's archive, folders named like archives, manual files that are no archive, limits ----
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _cub_archive(tmp_path: Path) -> Path:
+    """A generated CUB_200_2011.tgz (6 classes of 4 images) in ``tmp_path/srv``."""
+    (tmp_path / "srv").mkdir()
+    return tar_tree(make_cub(tmp_path / "src"), tmp_path / "srv" / "CUB_200_2011.tgz", "CUB_200_2011")
+
+
+def test_a_users_archive_failing_its_md5_is_kept_aside_and_the_published_one_fetched(tmp_path, monkeypatch):
+    archive = _cub_archive(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "CUB_200_2011.tgz").write_bytes(b"the user's own file")
+    (data / "CUB_200_2011.tgz.bad").write_bytes(b"set aside by an earlier run")
+    with serve(archive.parent) as url:
+        monkeypatch.setattr(CUB200, "remotes", (Remote("CUB_200_2011.tgz", (url + "CUB_200_2011.tgz",),
+                                                       _md5(archive), "CUB_200_2011/images"),))
+        assert len(CUB200(data, "train", download=True)) == 12
+    assert (data / "CUB_200_2011.tgz").read_bytes() == archive.read_bytes()
+    assert (data / "CUB_200_2011.tgz.bad").read_bytes() == b"set aside by an earlier run"
+    assert (data / "CUB_200_2011.tgz.bad.2").read_bytes() == b"the user's own file"
+
+
+def test_a_placed_archive_that_is_not_the_published_one_is_extracted_with_a_warning(tmp_path, capsys):
+    archive = _cub_archive(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(archive, data / "CUB_200_2011.tgz")
+    assert len(CUB200(data, "train")) == 12  # downloads off: the real remote's md5 differs from the generated one
+    assert (f"[Warning] {data / 'CUB_200_2011.tgz'} has md5 {_md5(archive)}, not the published "
+            "97eceeb196236b17998738112f37df78: it is not the original archive") in capsys.readouterr().out
+
+
+def test_an_archive_over_twice_its_known_content_is_refused_unextracted(tmp_path, monkeypatch):
+    monkeypatch.setitem(benchmark.CONTENT_BYTES, "CUB_200_2011.tgz", 1000)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(_cub_archive(tmp_path), data / "CUB_200_2011.tgz")
+    with pytest.raises(UserError) as exc:
+        CUB200(data, "train")
+    message = str(exc.value)
+    assert "declares" in message and "over the limit of 2 kB (2 times the 1 kB it is known to hold)" in message
+    assert not (data / "CUB_200_2011").exists()
+
+
+def test_every_benchmark_archive_has_a_known_content_size():
+    archives = [Path(r.path).name for cls in (CUB200, Cars196, StanfordOnlineProducts, InShop)
+                for r in cls.remotes if r.extract_to is not None]
+    assert sorted(archives) == sorted(benchmark.CONTENT_BYTES)
+
+
+@pytest.mark.parametrize("dataset, archive, unpack_into", [(CUB200, "CUB_200_2011.tgz", "."),
+                                                            (InShop, "Inshop/img.zip", "Inshop")])
+@pytest.mark.parametrize("download_on", [True, False])
+def test_a_folder_named_like_an_archive_is_one_line(tmp_path, monkeypatch, dataset, archive, unpack_into,
+                                                   download_on):
+    if dataset is CUB200:
+        monkeypatch.setattr(CUB200, "remotes", (Remote("CUB_200_2011.tgz", (REFUSED,), "0" * 32,
+                                                       "CUB_200_2011/images"),))
+    (tmp_path / archive / "extracted").mkdir(parents=True)
+    with pytest.raises(UserError) as exc:
+        dataset(tmp_path, "query" if dataset is InShop else "train", download=download_on)
+    assert str(exc.value) == (f"{tmp_path / archive} is a folder, where the file {Path(archive).name} belongs; "
+                              f"rename or move it (if it holds the extracted files, move them into "
+                              f"{tmp_path / unpack_into}) and run again")
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"<!DOCTYPE html><html><body>Google Drive can't scan this file for viruses.</body></html>", "an HTML page"),
+    (b"PK\x03\x04 the first bytes of a zip, and nothing more", "or it is truncated"),
+])
+def test_inshop_img_zip_that_is_no_zip_file_is_one_line_naming_its_source(tmp_path, capsys, content, what):
+    import run
+    from small_run import SMALL
+    (tmp_path / "Inshop").mkdir()
+    (tmp_path / "Inshop" / "img.zip").write_bytes(content)
+    code = run.cli(["--mode", "eval", "--data", str(tmp_path)] + SMALL, "inshop")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {tmp_path / 'Inshop' / 'img.zip'} is not a zip file") and what in err
+    archive = tmp_path / "Inshop" / "img.zip"
+    assert err.endswith("; In-Shop's img.zip comes from https://drive.google.com/drive/folders/"
+                        f"0B7EVK8r0v71pYkd5TzBiclMzR00: download it there and put it at {archive}")
+
+
+# --- issue 22 item 16: malformed split files ------------------------------------------------------------
+
+def _replace_line(path: Path, number: int, line: bytes) -> None:
+    lines = path.read_bytes().splitlines()
+    lines[number - 1] = line
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+ITEM_ID = "an item id id_<digits> up to 9223372036854775807"
+IMAGE = b"img/WOMEN/Dresses/id_00000002/01_1_front.jpg"
+
+
+@pytest.mark.parametrize("line, expected, found", [
+    (IMAGE + b" id_abc train", ITEM_ID, "'id_abc'"),
+    (IMAGE + b" 00000002 train", ITEM_ID, "'00000002'"),
+    (IMAGE + b" id_-2 train", ITEM_ID, "'id_-2'"),
+    (IMAGE + b" id_18446744073709551616 train", ITEM_ID, "'id_18446744073709551616'"),  # 2**64
+    (IMAGE + b" id_00000002 validation", "an evaluation status train, query, gallery", "'validation'"),
+])
+def test_malformed_inshop_partition_line_is_named(tmp_path, line, expected, found):
+    make_inshop(tmp_path)
+    listing = tmp_path / "Inshop" / "list_eval_partition.txt"
+    _replace_line(listing, 8, line)
+    for split in ("train", "gallery"):  # whichever split is read, the whole file is checked
+        with pytest.raises(UserError) as exc:
+            InShop(tmp_path, split)
+        assert str(exc.value) == (f"{listing}, line 8: expected {expected}, found {found}; "
+                                  "restore the file from the dataset's original files")
+
+
+def test_non_utf8_byte_in_a_split_file_is_named(tmp_path):
+    make_inshop(tmp_path)
+    listing = tmp_path / "Inshop" / "list_eval_partition.txt"
+    _replace_line(listing, 4, b"img/WOMEN/Dresses/\xff/00_1_front.jpg id_00000001 train")
+    with pytest.raises(UserError) as exc:
+        InShop(tmp_path, "train")
+    assert str(exc.value) == (f"{listing}, line 4: expected UTF-8 text, found byte 0xff at column 19; "
+                              "restore the file from the dataset's original files")
+
+
+@pytest.mark.parametrize("class_id", ["x1", "0", "-3", "1.0", str(2 ** 63 + 1)])
+def test_malformed_sop_class_id_is_named(tmp_path, class_id):
+    make_sop(tmp_path)
+    listing = tmp_path / "Stanford_Online_Products" / "Ebay_train.txt"
+    _replace_line(listing, 3, f"2 {class_id} 1 bicycle_final/1_1.JPG".encode())
+    with pytest.raises(UserError) as exc:
+        StanfordOnlineProducts(tmp_path, "train")
+    assert str(exc.value) == (f"{listing}, line 3: expected a class id of 1 or more, found {class_id!r}; "
+                              "restore the file from the dataset's original files")

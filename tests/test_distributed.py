@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,14 +15,18 @@ import torch.multiprocessing as mp
 import run
 from dataset import CUB200
 from dataset.sampler import PKSampler, SeededShards, augmentation_seed
-from dataset.transforms import build_transforms
+from dataset.transforms import build_transforms, device_normalization
 from experiment import distributed
+from errors import UserError
 from experiment.distributed import Context
 from loss.mdr import MDRLoss
 from loss.sampler import build_sampler
 from loss.triplet import TripletLoss
+from fill import fill_model
 from minidata import make_cub
+import model as model_package
 from model import build_model
+from model.bninception import BNInceptionTrunk
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--batch", "8", "--num-image-per-class", "2",
@@ -76,33 +82,88 @@ def test_a_samples_augmentation_depends_on_its_seed_only(tmp_path):
     assert torch.equal(a, ds[3][0])  # the very crop torch.manual_seed(seed) gives
 
 
-def _step(case: str, images, labels, ctx: Context):
-    """One training step of ``case`` on this rank's slice; returns (loss, model, mdr)."""
+def _step(case: str, batches: list, ctx: Context, backbone: str = "resnet18", filled: bool = False,
+          trace: dict | None = None):
+    """Training steps of ``case`` on this rank's slice of each (images, labels) batch; returns (loss, model, mdr).
+
+    ``filled`` gives the model the reference fill (tests/fill.py) instead of torch's initialisation;
+    ``trace``, if given, receives each step's triplet loss ("losses") and the state after the first ("first").
+    """
     l2norm, lam, nu = CASES[case]
     torch.manual_seed(0)
-    model = build_model("resnet18", 16, l2norm, pretrained=False)
+    model = build_model(backbone, 16, l2norm, pretrained=False)
+    if filled:
+        fill_model(model)
     mdr = MDRLoss()
     criterion = TripletLoss(sampler=build_sampler("distance", torch.Generator().manual_seed(3)))
     optimizer = torch.optim.Adam([{"params": model.parameters(), "lr": 1e-3},
                                   {"params": mdr.parameters(), "lr": 1e-3}], weight_decay=1e-5)
     trained = torch.nn.parallel.DistributedDataParallel(model) if ctx.active else model
-    size = len(images) // ctx.world
-    part = slice(ctx.rank * size, (ctx.rank + 1) * size)
-    loss = run.train_one_epoch(trained, [(images[part], labels[part])], optimizer, criterion, mdr, lam, nu, ctx=ctx)
+    parts = []
+    for images, labels in batches:
+        size = len(images) // ctx.world
+        part = slice(ctx.rank * size, (ctx.rank + 1) * size)
+        parts.append((images[part], labels[part]))
+    def record(iteration: int, base: float, reg: float, lr: float) -> None:
+        if trace is not None:
+            trace.setdefault("losses", []).append(base)
+            trace.setdefault("first", {k: v.clone() for k, v in model.state_dict().items()})
+
+    loss = run.train_one_epoch(trained, parts, optimizer, criterion, mdr, lam, nu, ctx=ctx, on_step=record,
+                               normalize=device_normalization(backbone))
     return loss, model, mdr
 
 
-def _rank_steps(rank: int, world: int, port: int, out: str, images, labels) -> None:
+def _two_batches() -> list:
+    """Two batches of 8 uint8 64 px images, each a colour of its own plus noise, as run.py's loaders give them.
+
+    DDP finds a parameter that got no gradient when the second step starts.
+    """
+    g = torch.Generator().manual_seed(6)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+
+    def images() -> torch.Tensor:
+        colour = torch.randint(0, 256, (8, 3, 1, 1), generator=g)
+        return (colour + torch.randint(-30, 31, (8, 3, 64, 64), generator=g)).clamp(0, 255).to(torch.uint8)
+
+    return [(images(), labels), (images(), labels + 4)]
+
+
+def _one_step_jobs(images, labels) -> dict:
+    return {case: (case, "resnet18", [(images, labels)], False) for case in CASES}
+
+
+OTHER_BACKBONES = ("bninception", "timm:resnet10t")
+
+
+def _two_step_jobs() -> dict:
+    """Two steps from the reference fill: torch's initialisation of BN-Inception gives every 64 px image nearly
+    the same features (mean distance 0.2% of the norm), so the head's division by the mean distance turns
+    the ranks' other summation order into 1e-3 of the loss; the fill's, like ImageNet weights, does not."""
+    return {backbone: ("mdr", backbone, _two_batches(), True) for backbone in OTHER_BACKBONES}
+
+
+def _rank_steps(rank: int, world: int, port: int, out: str, jobs: dict) -> None:
+    """Run every job ({name: (case, backbone, batches, filled)}) on this rank; its results go to ``out.RANK``."""
+    torch.set_num_threads(1)  # two processes of several threads each share the cores: 10x slower on a loaded machine
     os.environ.update(loopback_env(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = {}
-        for case in CASES:
-            loss, model, mdr = _step(case, images, labels, Context(rank, world))
-            results[case] = {"loss": loss, "model": model.state_dict(), "mdr": mdr.state_dict()}
+        for name, (case, backbone, batches, filled) in jobs.items():
+            trace: dict = {}
+            loss, model, mdr = _step(case, batches, Context(rank, world), backbone, filled, trace)
+            results[name] = {"loss": loss, "model": model.state_dict(), "mdr": mdr.state_dict(), **trace}
         torch.save(results, f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _on_two_processes(tmp_path: Path, jobs: dict) -> list[dict]:
+    """Each job's results on rank 0 and rank 1 of 2 gloo processes."""
+    out = str(tmp_path / "step")
+    mp.spawn(_rank_steps, args=(2, free_port(), out, jobs), nprocs=2, join=True)
+    return [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
 
 
 def flat(state: dict) -> torch.Tensor:
@@ -116,11 +177,9 @@ def relative(a: dict, b: dict) -> float:
 def test_one_step_on_two_processes_equals_one_process(tmp_path):
     torch.manual_seed(5)
     images, labels = torch.randn(8, 3, 64, 64), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    out = str(tmp_path / "step")
-    mp.spawn(_rank_steps, args=(2, free_port(), out, images, labels), nprocs=2, join=True)
-    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
+    ranks = _on_two_processes(tmp_path, _one_step_jobs(images, labels))
     for case in CASES:
-        loss, model, mdr = _step(case, images, labels, Context())
+        loss, model, mdr = _step(case, [(images, labels)], Context())
         one = model.state_dict()
         before = build_model("resnet18", 16, CASES[case][0], pretrained=False).state_dict()
         assert ranks[0][case]["loss"] == pytest.approx(loss, rel=1e-5), case
@@ -132,6 +191,82 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path):
         for key, value in ranks[0][case]["mdr"].items():
             assert torch.equal(value, ranks[1][case]["mdr"][key]), (case, key)
             assert torch.allclose(value.float(), mdr.state_dict()[key].float(), rtol=1e-5), (case, key)
+
+
+def test_two_steps_of_the_default_backbone_and_of_a_timm_model_on_two_processes_equal_one_process(tmp_path):
+    """BN-Inception at 64 px (it keeps an ImageNet classifier that forward never uses) and a timm model under DDP."""
+    ranks = _on_two_processes(tmp_path, _two_step_jobs())
+    for backbone in OTHER_BACKBONES:
+        trace: dict = {}
+        _, model, mdr = _step("mdr", _two_batches(), Context(), backbone, filled=True, trace=trace)
+        initial = _step("mdr", [], Context(), backbone, filled=True)[1].state_dict()
+        assert identical(ranks[0][backbone]["model"], ranks[1][backbone]["model"]), backbone  # averaged gradients
+        for rank in ranks:
+            assert rank[backbone]["losses"] == pytest.approx(trace["losses"], rel=1e-5), backbone
+            for key, value in rank[backbone]["mdr"].items():
+                assert torch.allclose(value.float(), mdr.state_dict()[key].float(), rtol=1e-5), (backbone, key)
+        # Adam scales each weight's step by its own gradient's size, so weights whose gradients nearly cancel move
+        # by rounding: one process with 1 thread instead of 2 differs from itself by 1e-3 of BN-Inception's first
+        # update and 8e-3 after the second, as the ranks do; a gradient missing a rank's share differs by ~1.
+        for after, one in (("first", trace["first"]), ("model", model.state_dict())):
+            assert off_update(ranks[0][backbone][after], one, initial) < 5e-2, (backbone, after)
+
+
+def off_update(state: dict, expected: dict, initial: dict) -> float:
+    """How far ``state`` is from ``expected``, relative to the update from ``initial`` to ``expected``."""
+    keys = [k for k in initial if initial[k].is_floating_point()]
+    return relative({k: state[k] - initial[k] for k in keys}, {k: expected[k] - initial[k] for k in keys})
+
+
+def identical(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_frozen_imagenet_classifier_leaves_single_process_updates_bit_identical(monkeypatch):
+    """BN-Inception's unused last_linear is frozen for DDP; with it trainable (as before) the steps are the same."""
+    _, frozen, frozen_mdr = _step("mdr", _two_batches(), Context(), "bninception", filled=True)
+
+    class Trainable(BNInceptionTrunk):
+        def __init__(self):
+            super().__init__()
+            self.model.last_linear.requires_grad_(True)
+
+    monkeypatch.setattr(model_package, "BNInceptionTrunk", Trainable)
+    _, trainable, trainable_mdr = _step("mdr", _two_batches(), Context(), "bninception", filled=True)
+    assert trainable.base.model.last_linear.weight.requires_grad
+    assert not frozen.base.model.last_linear.weight.requires_grad
+    assert identical(frozen.state_dict(), trainable.state_dict())
+    assert identical(frozen_mdr.state_dict(), trainable_mdr.state_dict())
+
+
+def _rank_prepares(rank: int, port: int, folder: str) -> None:
+    """main_first with a collective timeout of 2 s (NCCL's is 10 minutes) while rank 0 prepares for 5 s."""
+    os.environ.update(loopback_env(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=2))
+    ctx, ready, outcome = Context(rank, 2), Path(folder) / "prepared", Path(folder) / f"outcome.{rank}"
+    try:
+        with distributed.main_first(ctx):
+            if ctx.is_main:
+                time.sleep(5)
+                ready.write_text("done")
+            seen = ready.read_text()
+        try:
+            with distributed.main_first(ctx):
+                if ctx.is_main:
+                    time.sleep(3)
+                    raise UserError("the archive is damaged")
+        except UserError as exc:
+            outcome.write_text(f"{seen}; {type(exc).__name__}: {exc}")
+        torch.distributed.barrier()  # the collectives after the preparation keep their own timeout
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_wait_for_rank_0s_preparation_longer_than_the_collective_timeout(tmp_path):
+    """Rank 0 downloads, extracts and caches while the others wait: not bound by the collectives' timeout."""
+    mp.spawn(_rank_prepares, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "outcome.0").read_text() == "done; UserError: the archive is damaged"
+    assert (tmp_path / "outcome.1").read_text() == "done; SharedError: the archive is damaged"
 
 
 def _torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
@@ -160,7 +295,7 @@ def test_torchrun_trains_the_single_process_model_and_resumes_across_world_sizes
     for key in ca["mdr"]:
         assert torch.allclose(ca["mdr"][key].float(), cb["mdr"][key].float(), rtol=1e-5), key
     ra, rb = _records(single), _records(ddp)
-    assert [r["epoch"] for r in rb] == [1, 2]
+    assert [r["epoch"] for r in rb] == [0, 1, 2]
     assert [{k: v for k, v in r.items() if k.startswith("Recall@")} for r in ra] == \
            [{k: v for k, v in r.items() if k.startswith("Recall@")} for r in rb]
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
@@ -169,7 +304,27 @@ def test_torchrun_trains_the_single_process_model_and_resumes_across_world_sizes
     assert done.returncode == 0, done.stderr[-3000:]
     run.main(run.parse_args(common + ["--resume", str(mixed), "--epochs", "2"]))
     assert relative(torch.load(mixed / "last.pth", weights_only=True), a) < 1e-5
-    assert [r["epoch"] for r in _records(mixed)] == [1, 2]
+    assert [r["epoch"] for r in _records(mixed)] == [0, 1, 2]
+
+
+def test_torchrun_writes_tensorboard_once_and_evaluates_as_one_process(tmp_path):
+    """Rank 0 alone writes TensorBoard and --save-embeddings files; --mode eval shards and gathers like training."""
+    root = make_cub(tmp_path / "data", classes=6, per_class=5)  # 15 test images: shards of 8 and 7
+    common = SMALL + ["--data", str(root), "--workers", "0"]
+    trained = tmp_path / "trained"
+    done = _torchrun(common + ["--save-dir", str(trained), "--epochs", "1", "--tensorboard"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((trained / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes one
+    evaluation = common + ["--mode", "eval", "--load", str(trained / "last.pth"), "--save-embeddings",
+                           "--metrics", "recall", "map_r", "nmi"]
+    single = run.main(run.parse_args(evaluation + ["--save-dir", str(tmp_path / "single")]))
+    done = _torchrun(evaluation + ["--save-dir", str(tmp_path / "ddp")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("metric ") == 1  # the table, printed by rank 0 alone
+    for name, value in single.items():
+        assert f"{name:<{max(map(len, single))}}  {value:9.4f}" in done.stdout
+    a, b = (torch.load(tmp_path / d / "embeddings.pt", weights_only=True)["test"] for d in ("single", "ddp"))
+    assert torch.equal(a["labels"], b["labels"]) and torch.allclose(a["embeddings"], b["embeddings"], atol=1e-6)
 
 
 def test_the_same_seed_gives_the_same_weights_for_any_worker_count(tmp_path):
@@ -186,7 +341,7 @@ def test_a_batch_that_does_not_divide_is_an_error_naming_the_numbers(tmp_path):
     done = _torchrun(SMALL + ["--data", str(root), "--workers", "0", "--batch", "9", "--num-image-per-class", "3",
                               "--save-dir", str(tmp_path / "r"), "--epochs", "1"])
     assert done.returncode != 0
-    assert "--batch 9 does not split evenly over 2 processes" in done.stderr
+    assert done.stderr.count("--batch 9 does not split evenly over 2 processes") == 1, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("fault", ["corrupt image", "diverged loss"])
@@ -202,5 +357,6 @@ def test_a_failure_on_any_rank_ends_the_run_with_its_message_and_no_hang(tmp_pat
         expected = "became non-finite"
     done = _torchrun(argv)
     assert done.returncode != 0 and expected in done.stderr, done.stderr[-3000:]
-    if fault == "diverged loss":  # every rank stops on it; rank 0 alone reports it
-        assert done.stderr.count(expected) == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0], done.stderr[-3000:]  # the cause, once
+    assert "[rank" not in done.stderr and "Connection closed" not in done.stderr, done.stderr[-3000:]

@@ -8,7 +8,7 @@ from torch import nn
 
 import run
 from errors import UserError
-from loss.criterion import build_criterion, loss_param_groups
+from loss.criterion import build_criterion, check_criterion, loss_param_groups
 from loss.mdr import MDRLoss
 from loss.pml import PML_LOSSES
 from minidata import make_cub
@@ -130,3 +130,37 @@ def test_proxies_are_checkpointed_and_resume_restores_them_exactly(tmp_path, mon
     assert torch.equal(seen["optimizer"]["state"][index]["exp_avg"], saved["optimizer"]["state"][index]["exp_avg"])
     with pytest.raises(UserError, match="--loss: 'proxy-anchor' -> 'circle'"):
         run.main(run.parse_args(flags + ["--resume", str(save), "--epochs", "2", "--loss", "circle"]))
+
+
+@pytest.mark.parametrize("name,loss_args,named,reason", [
+    ("soft-triple", ["centers_per_class=0"], "centers_per_class=0", "RuntimeError"),
+    ("margin", ["triplets_per_anchor=banana"], "triplets_per_anchor=banana", "TypeError"),
+    ("multi-similarity", ["alpha=0", "beta=0", "base=0.5"], "alpha=0 beta=0", "ZeroDivisionError"),
+    ("nt-xent", ["temperature=0"], "temperature=0", "gives nan"),
+    ("margin", ["margin=1e999"], "margin=1e999", "gives inf")])
+def test_loss_args_the_loss_cannot_use_are_one_line_before_the_run_starts(tmp_path, capsys, name, loss_args, named,
+                                                                          reason):
+    save = tmp_path / "run"
+    code = run.cli(SMALL + ["--loss", name, "--loss-args", *loss_args, "--data", str(tmp_path / "data"),
+                            "--no-download", "--save-dir", str(save)])  # the check comes before any data
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: --loss-args {named}: --loss {name} ") and reason in err
+    assert not save.exists()
+
+
+@pytest.mark.parametrize("name", sorted(PML_LOSSES))
+def test_the_library_defaults_given_as_loss_args_pass_the_check(name):
+    _, defaults = build_criterion(_args(name), CLASSES)
+    check_criterion(_args(name, [f"{key}={value}" for key, value in defaults.items()]))
+
+
+def test_a_non_finite_loss_in_training_names_the_loss_and_its_loss_args(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "check_criterion", lambda args: None)  # as if the check had passed
+    with pytest.raises(run.NonFiniteLoss, match=r"the nt-xent loss became non-finite \(nan\) at epoch 1, "
+                                                r"iteration 0.*, with --loss-args temperature=0: "):
+        run.main(run.parse_args(SMALL + ["--loss", "nt-xent", "--loss-args", "temperature=0", "--epochs", "1",
+                                         "--data", str(make_cub(tmp_path / "data")),
+                                         "--save-dir", str(tmp_path / "run")]))
+    assert run.non_finite_advice(float("inf"), 0.0, "at epoch 3", "multi-similarity").startswith(
+        "the multi-similarity loss became non-finite (inf) at epoch 3; check the data")

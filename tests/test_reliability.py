@@ -1,4 +1,6 @@
 """Resumable runs, atomic checkpoints, safe loading, logs and pictures."""
+import errno
+import io
 import json
 import os
 import pickle
@@ -13,6 +15,7 @@ from errors import UserError
 from loss.triplet import TripletLoss
 from minidata import make_cub
 from model import build_model
+from model import checkpoint
 from model.checkpoint import load_model_weights, read_weights_file, save_atomic
 from tools import plot
 
@@ -47,9 +50,9 @@ def test_resumed_run_ends_with_the_same_weights(cub_root, tmp_path):
     assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"] == 3
     assert (full / "result.txt").read_text() == (part / "result.txt").read_text()
     records = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert {"loss", "mdr_loss", "levels", "lr", "Recall@1"} <= set(records[0])
-    assert records[2]["lr"] == pytest.approx(1e-3 * 0.2)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert {"loss", "mdr_loss", "levels", "lr", "Recall@1"} <= set(records[1])
+    assert records[3]["lr"] == pytest.approx(1e-3 * 0.2)
 
 
 def test_atomic_write_survives_a_failure(tmp_path, monkeypatch):
@@ -172,3 +175,46 @@ def test_eval_prints_a_table_of_every_metric(cub_root, capsys):
 def test_plot_tool_needs_a_run_dir(tmp_path, capsys):
     assert plot.main([str(tmp_path)]) == 1
     assert "metrics.jsonl not found" in capsys.readouterr().err
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after ``room`` bytes: writes beyond fail with ENOSPC, as the kernel's do."""
+
+    room = 4096
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_previous(cub_root, tmp_path, monkeypatch,
+                                                                                   capsys):
+    save = tmp_path / "run"
+    opened: list[tuple[int, str]] = []  # (descriptor, prefix) of each temporary file atomic_file creates
+    real_mkstemp, real_fdopen = checkpoint.tempfile.mkstemp, checkpoint.os.fdopen
+
+    def mkstemp(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        opened.append((fd, kwargs.get("prefix", "")))
+        return fd, name
+
+    def fdopen(fd, *args, **kwargs):
+        saves = [d for d, prefix in opened if prefix == ".checkpoint.pth."]
+        if len(saves) == 3 and fd == saves[-1]:  # epoch 2's checkpoint: epochs 0 and 1 were saved
+            return FullDisk(fd, "wb")
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)
+    code = run.cli(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "3"])
+    err = capsys.readouterr().err  # the progress bars, then the error
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith(f"error: the disk is full: writing {save / 'checkpoint.pth'} needs about ")
+    assert " MiB are free there; the previous checkpoint.pth is kept" in errors[0]
+    assert errors[0].endswith(f"--resume {save}")
+    assert read_weights_file(save / "checkpoint.pth")["epoch"] == 1 and not list(save.glob(".*.tmp"))
+    monkeypatch.undo()
+    _main(SMALL + ["--data", str(cub_root), "--resume", str(save), "--epochs", "3"])
+    assert read_weights_file(save / "checkpoint.pth")["epoch"] == 3

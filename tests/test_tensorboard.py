@@ -52,3 +52,17 @@ def test_missing_tensorboard_gives_the_install_hint(monkeypatch, tmp_path, capsy
                             "--tensorboard"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "pip install tensorboard" in err
+
+
+@pytest.mark.parametrize("from_start", [True, False], ids=["on from the start", "switched on at the resume"])
+def test_a_resume_with_eval_every_logs_the_histogram_of_evaluated_epochs_only(tmp_path, from_start):
+    root, save = make_cub(tmp_path / "data"), tmp_path / "run"
+    first = ["--tensorboard", "--eval-every", "3"] if from_start else []
+    run.main(run.parse_args(SMALL + ["--data", str(root), "--save-dir", str(save), "--epochs", "1"] + first))
+    run.main(run.parse_args(SMALL + ["--data", str(root), "--resume", str(save), "--epochs", "3", "--tensorboard",
+                                     "--eval-every", "3"]))
+    events = _events(save / "tb")
+    evaluated = [1, 3] if from_start else [3]  # the last epoch is always evaluated, epoch 2 is not
+    assert [e.step for e in events.Histograms("mdr/normalized_test_distances")] == evaluated
+    assert [e.step for e in events.Scalars("metrics/Recall@1")] == evaluated
+    assert [e.step for e in events.Scalars("epoch/loss")] == ([1, 2, 3] if from_start else [2, 3])

@@ -1,1 +1,2 @@
-"""Command-line helpers around runs: plots and retrieval grids."""
+"""Command-line helpers around runs: reports, sweeps, plots, retrieval grids, and putting a trained model to use
+(index, search, export)."""

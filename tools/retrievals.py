@@ -1,27 +1,41 @@
-"""A PNG grid of queries and their nearest retrievals, bordered green (same label) or red."""
+"""A PNG grid of queries and their nearest retrievals, bordered green (same label) or red (none: unknown)."""
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from dataset.decode import load_rgb
 from errors import UserError
+from metric.knn import nearest_neighbors
 from metric.retrieval import per_query_metrics
+from model.checkpoint import atomic_file
 
 TILE = 128
 BORDER = 6
-GREEN, RED, GREY = (30, 170, 60), (210, 40, 40), (120, 120, 120)
+GREEN, RED, GREY, WHITE = (30, 170, 60), (210, 40, 40), (120, 120, 120), (255, 255, 255)
+
+
+class GridRow(NamedTuple):
+    """One row of the grid: the query image and its label, then the retrieved (image, label) pairs."""
+
+    query: str
+    label: object
+    retrieved: list[tuple[str, object]]
 
 
 def nearest(query: torch.Tensor, gallery: torch.Tensor, k: int, self_index: torch.Tensor | None) -> torch.Tensor:
-    """(Q, D), (M, D) -> (Q, k) indices of the nearest gallery items (Euclidean).
+    """(Q, D), (M, D) -> (Q, k) indices of the nearest gallery items (exact Euclidean, ``metric.knn``).
 
-    ``self_index`` (Q,) marks, for self-retrieval, the gallery item each query must not retrieve.
+    ``self_index`` (Q,) marks the gallery item each query must not retrieve (itself), -1 for none.
     """
-    dist = torch.cdist(query.float(), gallery.float())
-    if self_index is not None:
-        dist[torch.arange(len(query)), self_index] = float("inf")
-    return dist.topk(min(k, dist.shape[1]), dim=1, largest=False).indices
+    return nearest_neighbors(query, gallery, k, False if self_index is None else self_index)[0]
+
+
+def _border(query_label: object, label: object) -> tuple:
+    if query_label is None or label is None:
+        return WHITE
+    return GREEN if label == query_label else RED
 
 
 def _tile(path: str, colour: tuple) -> Image.Image:
@@ -29,40 +43,52 @@ def _tile(path: str, colour: tuple) -> Image.Image:
     return ImageOps.expand(image, border=BORDER, fill=colour)
 
 
-def worst_queries(query: tuple, gallery: tuple | None, n: int) -> torch.Tensor:
+def worst_queries(query: tuple, gallery: tuple | None, n: int, own: torch.Tensor | None = None) -> torch.Tensor:
     """(min(n, Q'),) int64 indices of the queries with the lowest AP@R, lowest first (ties: lower index).
 
     ``query`` and ``gallery`` are ((N, D) embeddings, (N,) labels); ``gallery``
-    None is self-retrieval. Queries without positives (R = 0) have no AP and
-    are left out, so Q' counts the others.
+    None is self-retrieval; ``own`` as in ``save_retrieval_grid``. Queries
+    without positives (R = 0) have no AP and are left out, so Q' counts the others.
     """
-    outcome = per_query_metrics(*query, *(gallery if gallery is not None else (None, None)), map_r=True)
+    outcome = per_query_metrics(*query, *(gallery if gallery is not None else (None, None)), map_r=True, own=own)
     ranked = torch.sort(outcome.ap, stable=True).indices
     return ranked[outcome.positives[ranked] > 0][:n]
 
 
+def draw_grid(rows: list[GridRow], out: Path) -> Path:
+    """A PNG of one row per query: the query (grey border), a separator, then its retrievals."""
+    width = max([len(row.retrieved) for row in rows], default=0)
+    canvas = Image.new("RGB", (TILE * (width + 1) + BORDER, TILE * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        canvas.paste(_tile(row.query, GREY), (0, r * TILE))
+        for c, (path, label) in enumerate(row.retrieved):
+            canvas.paste(_tile(path, _border(row.label, label)), (TILE * (c + 1) + BORDER, r * TILE))
+        draw.line([(TILE + BORDER // 2, r * TILE), (TILE + BORDER // 2, (r + 1) * TILE)], fill="black", width=2)
+    with atomic_file(out) as f:
+        canvas.save(f, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
+    return out
+
+
 def save_retrieval_grid(query: tuple, query_samples: list, gallery: tuple, gallery_samples: list, n: int,
-                        out: Path, k: int = 5, exclude_self: bool = False, worst: bool = False) -> Path:
+                        out: Path, k: int = 5, exclude_self: bool = False, own: torch.Tensor | None = None,
+                        worst: bool = False) -> Path:
     """Rows of [query | top-k retrievals] for ``n`` queries: evenly spaced over the set, or with ``worst``
-    those of the lowest AP@R, worst first (``worst_queries``)."""
+    those of the lowest AP@R, worst first (``worst_queries``).
+
+    ``exclude_self``: the query set is the gallery; else ``own`` (Q,), if given, names each query's own
+    gallery item (-1 for none). A query never retrieves itself.
+    """
     q_emb, q_labels = query
     g_emb, g_labels = gallery
     if worst:
-        rows = worst_queries(query, None if exclude_self else gallery, n)
+        rows = worst_queries(query, None if exclude_self else gallery, n, own)
         if not len(rows):
             raise UserError("--worst: no test query has a positive in the gallery, so none has an average "
                             "precision to rank; drop --worst to see evenly spaced queries")
     else:
         rows = torch.linspace(0, len(q_emb) - 1, steps=min(n, len(q_emb))).long()
-    idx = nearest(q_emb[rows], g_emb, k, rows if exclude_self else None)
-    canvas = Image.new("RGB", (TILE * (idx.shape[1] + 1) + BORDER, TILE * len(rows)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, q in enumerate(rows.tolist()):
-        canvas.paste(_tile(query_samples[q][0], GREY), (0, r * TILE))
-        for c, g in enumerate(idx[r].tolist()):
-            colour = GREEN if int(g_labels[g]) == int(q_labels[q]) else RED
-            canvas.paste(_tile(gallery_samples[g][0], colour), (TILE * (c + 1) + BORDER, r * TILE))
-        draw.line([(TILE + BORDER // 2, r * TILE), (TILE + BORDER // 2, (r + 1) * TILE)], fill="black", width=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    idx = nearest(q_emb[rows], g_emb, k, rows if exclude_self else None if own is None else own[rows])
+    return draw_grid([GridRow(query_samples[q][0], int(q_labels[q]),
+                              [(gallery_samples[g][0], int(g_labels[g])) for g in idx[r].tolist()])
+                      for r, q in enumerate(rows.tolist())], out)
