@@ -1,6 +1,6 @@
 """Exact Recall@K at full benchmark scale, side by side with faiss and with one large-block matrix product.
 
-    pip install -r bench/requirements.txt   # faiss-cpu, scikit-learn: bench only
+    pip install -r bench/requirements.txt   # faiss-cpu: bench only
     python bench/eval_speed.py              # 30k, SOP (60,502 x 512) and In-Shop (14,218 x 12,612)
 
 Each measurement runs in its own process so that its peak RSS is its own, once

@@ -1,6 +1,6 @@
 """NMI against scikit-learn's k-means across difficulties, and its time at SOP scale.
 
-    pip install -r bench/requirements.txt   # scikit-learn: bench only
+    pip install -r requirements-extra.txt   # scikit-learn, the reference (the tests use it too)
     python bench/nmi_speed.py                          # CUB size and 6,000 x 1,100, then the SOP timing
     python bench/nmi_speed.py --sizes sop --sklearn    # also scikit-learn at SOP size (hours on 2 cores)
 
@@ -79,7 +79,7 @@ def compare(size: str, target: int, seeds: int, with_sklearn: bool) -> None:
         if with_sklearn:
             value, seconds = timed_nmi(sklearn_labels, x, labels, k, seed)
             if value is None:
-                print("  scikit-learn is not installed: no comparison (pip install -r bench/requirements.txt)")
+                print("  scikit-learn is not installed: no comparison (pip install -r requirements-extra.txt)")
                 with_sklearn = False
                 continue
             theirs.append(value)
