@@ -12,6 +12,7 @@ from dataset.benchmark import Remote
 from errors import UserError
 from http_server import serve
 from minidata import make_cars, make_cub, make_folder, make_inshop, make_sop, tar_tree, zip_tree
+from small_run import BACKBONE
 
 AUTHORS_TRAINING = {
     "cub200": ["--dataset cub200 --lr 5e-5 --recall 1 2 4 8",
@@ -29,7 +30,7 @@ AUTHORS_TRAINING = {
                "--num-image-per-class 3 --batch 256 --lr 1e-4 --recall 1 10 20 30 40 --lambda-mdr 0.1 --nu-mdr 0.01"],
 }
 SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--iter-per-epoch", "1", "--epochs", "1", "--eval-batch", "32", "--backbone", "resnet18"]
+         "--iter-per-epoch", "1", "--epochs", "1", "--eval-batch", "32", "--backbone", BACKBONE]
 
 
 def md5_of(path):

@@ -17,6 +17,7 @@ from loss.triplet import TripletLoss
 from minidata import jpeg_bytes, make_cub
 from model import build_model
 from reference import load
+from small_run import SMALL
 
 REF = load("transforms")
 
@@ -103,9 +104,7 @@ def test_cache_needs_a_leading_square_lanczos_resize(tmp_path):
 
 def test_training_with_cache_gives_identical_weights(tmp_path):
     make_cub(tmp_path / "data")
-    small = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-             "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
-             "--embedding-size", "16", "--epochs", "1", "--data", str(tmp_path / "data")]
+    small = SMALL + ["--epochs", "1", "--data", str(tmp_path / "data")]
     run.main(run.parse_args(small + ["--save-dir", str(tmp_path / "plain")]))
     run.main(run.parse_args(small + ["--save-dir", str(tmp_path / "cached"),
                                                        "--cache-dir", str(tmp_path / "cache")]))

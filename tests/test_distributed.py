@@ -27,14 +27,16 @@ from minidata import make_cub
 import model as model_package
 from model import build_model
 from model.bninception import BNInceptionTrunk
+from small_run import BACKBONE
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--batch", "8", "--num-image-per-class", "2",
-         "--iter-per-epoch", "2", "--eval-batch", "4", "--backbone", "resnet18", "--embedding-size", "16",
+         "--iter-per-epoch", "2", "--eval-batch", "4", "--backbone", BACKBONE, "--embedding-size", "16",
          "--lr", "5e-5", "--lr-decay-epochs", "5", "--lambda-mdr", "0.6", "--nu-mdr", "0.01"]
 # The runs use the authors' CUB learning rate. Adam moves a weight by about lr whatever the size of its
 # gradient, so a gradient at rounding level (the ranks sum their halves in another order) can move it
-# either way: after 4 steps at lr 1e-3 the weights differ by 6e-4 of their norm, at 5e-5 by 5e-6.
+# either way: after 4 steps of ResNet-18 at lr 1e-3 the weights differed by 6e-4 of their norm, at 5e-5 by
+# 5e-6; the small backbone's differ by 1.5e-5 at 5e-5.
 CASES = {"triplet": (False, 0.0, 0.0), "l2norm": (True, 0.0, 0.0), "mdr": (False, 0.6, 0.01)}
 
 
@@ -290,7 +292,7 @@ def test_torchrun_trains_the_single_process_model_and_resumes_across_world_sizes
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Run folder:") == 1
     a, b = (torch.load(d / "last.pth", weights_only=True) for d in (single, ddp))
-    assert a.keys() == b.keys() and relative(b, a) < 1e-5
+    assert a.keys() == b.keys() and relative(b, a) < 1e-4  # rounding: see the note on SMALL
     ca, cb = (torch.load(d / "checkpoint.pth", weights_only=True) for d in (single, ddp))
     for key in ca["mdr"]:
         assert torch.allclose(ca["mdr"][key].float(), cb["mdr"][key].float(), rtol=1e-5), key
@@ -303,7 +305,7 @@ def test_torchrun_trains_the_single_process_model_and_resumes_across_world_sizes
     done = _torchrun(common + ["--save-dir", str(mixed), "--epochs", "1"])
     assert done.returncode == 0, done.stderr[-3000:]
     run.main(run.parse_args(common + ["--resume", str(mixed), "--epochs", "2"]))
-    assert relative(torch.load(mixed / "last.pth", weights_only=True), a) < 1e-5
+    assert relative(torch.load(mixed / "last.pth", weights_only=True), a) < 1e-4
     assert [r["epoch"] for r in _records(mixed)] == [0, 1, 2]
 
 

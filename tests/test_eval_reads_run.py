@@ -8,14 +8,14 @@ import run
 from minidata import make_cub
 from model import build_model
 from model.checkpoint import save_atomic
-from small_run import SMALL, run_main
+from small_run import BACKBONE, SMALL, run_main
 
 EVAL = ["--mode", "eval", "--device", "cpu", "--workers", "0", "--no-download"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A resnet18 run at 64 px with 16-d embeddings, none of them the defaults."""
+    """A small-backbone run at 64 px with 16-d embeddings, none of them the defaults."""
     data = make_cub(tmp_path_factory.mktemp("data"))
     save = tmp_path_factory.mktemp("runs") / "run"
     run_main(SMALL + ["--data", str(data), "--save-dir", str(save), "--epochs", "1", "--recall", "1", "2"])
@@ -31,7 +31,7 @@ def test_eval_of_best_pth_alone_evaluates_the_run_as_it_trained(trained, tmp_pat
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("[Flags]"))
     assert str(save / "config.json") in line
-    for flag in ("--backbone resnet18", "--embedding-size 16", "--image-size 64", "--dataset cub200",
+    for flag in (f"--backbone {BACKBONE}", "--embedding-size 16", "--image-size 64", "--dataset cub200",
                  f"--data {data.resolve()}"):
         assert flag in line
     assert "the run trained" not in out
@@ -54,7 +54,7 @@ def test_a_checkpoint_away_from_its_folder_carries_its_flags(trained, tmp_path, 
     shutil.copy(save / "checkpoint.pth", tmp_path / "checkpoint.pth")
     results = run_main(EVAL + ["--load", str(tmp_path / "checkpoint.pth"), "--data", str(data)])
     assert set(results) == {"Recall@1"} and 0 <= results["Recall@1"] <= 100
-    assert f"[Flags] read from {tmp_path / 'checkpoint.pth'}: --backbone resnet18" in capsys.readouterr().out
+    assert f"[Flags] read from {tmp_path / 'checkpoint.pth'}: --backbone {BACKBONE}" in capsys.readouterr().out
 
 
 def test_a_given_model_flag_that_does_not_fit_is_announced_then_the_load_error(trained, capsys):
@@ -64,7 +64,7 @@ def test_a_given_model_flag_that_does_not_fit_is_announced_then_the_load_error(t
     assert code == 1
     assert "evaluating with --embedding-size 32; the run trained with 16" in captured.out
     err = captured.err.strip()
-    assert len(err.splitlines()) == 1 and "linear.weight: checkpoint (16, 512) vs model (32, 512)" in err
+    assert len(err.splitlines()) == 1 and "linear.weight: checkpoint (16, 96) vs model (32, 96)" in err  # 96 features: test_resnet's
 
 
 def test_weights_from_elsewhere_keep_the_defaults_and_the_flags_given(trained, tmp_path, capsys):

@@ -20,7 +20,7 @@ from experiment.guards import sha256_file
 from minidata import jpeg_bytes, make_cub, make_folder, write
 from model import build_model
 from model.checkpoint import load_model_weights, save_atomic
-from small_run import SMALL, run_main
+from small_run import BACKBONE, SMALL, run_main
 from tools import index, search
 from tools.search import Index
 
@@ -30,7 +30,7 @@ FAST = ["--device", "cpu", "--workers", "0", "--eval-batch", "5"]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A resnet18 run with 16-d embeddings at 32 px: tools must read these flags from it."""
+    """A small-backbone run with 16-d embeddings at 32 px: tools must read these flags from it."""
     data = make_cub(tmp_path_factory.mktemp("data"), classes=4, per_class=3)
     save = tmp_path_factory.mktemp("runs") / "run"
     run_main(SMALL + ["--image-size", "32", "--data", str(data), "--save-dir", str(save), "--epochs", "1"])
@@ -51,12 +51,12 @@ def build(run_dir: Path, images: Path, out: Path, *extra: str) -> dict:
 
 def reference_embeddings(run_dir: Path, paths: list[Path]) -> torch.Tensor:
     """The evaluation pipeline by hand: the test transform to uint8, normalised on the device, the model in eval."""
-    model = build_model("resnet18", 16, False, pretrained=False)
+    model = build_model(BACKBONE, 16, False, pretrained=False)
     load_model_weights(model, run_dir / "best.pth")
-    test = build_transforms("resnet18", 32, uint8=True)[1]
+    test = build_transforms(BACKBONE, 32, uint8=True)[1]
     batch = torch.stack([test(Image.open(p).convert("RGB")) for p in paths])
     with torch.no_grad():
-        return model.eval()(device_normalization("resnet18")(batch))
+        return model.eval()(device_normalization(BACKBONE)(batch))
 
 
 def brute(query: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +75,12 @@ def test_index_files_hold_what_the_issue_lists(run_dir, tmp_path, capsys):
     images = gallery_tree(tmp_path / "gallery")
     counts = build(run_dir, images, tmp_path / "idx")
     out = capsys.readouterr().out
-    assert f"[Flags] read from {run_dir / 'config.json'}: --backbone resnet18 --embedding-size 16 --image-size 32" \
+    assert f"[Flags] read from {run_dir / 'config.json'}: --backbone {BACKBONE} --embedding-size 16 --image-size 32" \
         in out.splitlines()
     assert counts == {"items": 12, "added": 12, "kept": 0, "dropped": 0, "unreadable": 0}
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert meta["weights"] == {"file": str((run_dir / "best.pth").resolve()), "sha256": sha256_file(run_dir / "best.pth")}
-    assert meta["model"] == {"backbone": "resnet18", "embedding_size": 16, "l2norm": False, "image_size": 32}
+    assert meta["model"] == {"backbone": BACKBONE, "embedding_size": 16, "l2norm": False, "image_size": 32}
     assert meta["transform"]["resize"] == [36, 36] and meta["transform"]["center_crop"] == 32
     assert (meta["count"], meta["dim"], meta["source"]) == (12, 16, str(images.resolve()))
     assert len(meta["version"]["commit"]) == 40
@@ -203,16 +203,16 @@ def test_other_weights_or_flags_are_refused_and_change_nothing(run_dir, tmp_path
     build(run_dir, images, tmp_path / "idx")
     before = files_state(tmp_path / "idx")
     other = tmp_path / "other.pth"
-    save_atomic(build_model("resnet18", 16, pretrained=False).state_dict(), other)
+    save_atomic(build_model(BACKBONE, 16, pretrained=False).state_dict(), other)
     argv = ["--images", str(images), "--out", str(tmp_path / "idx")] + FAST
     with pytest.raises(UserError, match=f"weights sha256 {sha256_file(run_dir / 'best.pth')} there, "
                                         f"{sha256_file(other)} now.*--rebuild"):
-        index.build(index.parse_args(["--load", str(other), "--backbone", "resnet18", "--embedding-size", "16",
+        index.build(index.parse_args(["--load", str(other), "--backbone", BACKBONE, "--embedding-size", "16",
                                       "--image-size", "32"] + argv))
     with pytest.raises(UserError, match="image_size': 32.*image_size': 48"):
         build(run_dir, images, tmp_path / "idx", "--image-size", "48")
     assert files_state(tmp_path / "idx") == before
-    counts = index.build(index.parse_args(["--load", str(other), "--backbone", "resnet18", "--embedding-size",
+    counts = index.build(index.parse_args(["--load", str(other), "--backbone", BACKBONE, "--embedding-size",
                                            "16", "--image-size", "32", "--rebuild"] + argv))
     assert counts["added"] == 12 and counts["dropped"] == 12
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["weights"]["sha256"] == sha256_file(other)
@@ -303,14 +303,15 @@ def test_amp_keeps_float32_embeddings_and_is_part_of_the_settings(run_dir, tmp_p
 def test_export_of_a_run_reads_its_flags_and_gives_the_index_embeddings(run_dir, tmp_path, capsys):
     from tools import export
     images = gallery_tree(tmp_path / "gallery")
-    build(run_dir, images, tmp_path / "idx")
+    index.build(index.parse_args(["--load", str(run_dir / "checkpoint.pth"), "--images", str(images), "--out",
+                                  str(tmp_path / "idx")] + FAST))  # the last epoch's weights, as exported
     assert export.cli(["--load", str(run_dir / "checkpoint.pth"), "--format", "torchscript", "--out",
                        str(tmp_path / "m.pt")]) == 0
     out = capsys.readouterr().out
-    assert f"[Flags] read from {run_dir / 'checkpoint.pth'}: --backbone resnet18 --embedding-size 16 --image-size 32" \
+    assert f"[Flags] read from {run_dir / 'checkpoint.pth'}: --backbone {BACKBONE} --embedding-size 16 --image-size 32" \
         in out and "input (N, 3, 32, 32) uint8 RGB, resized to 36 square (LANCZOS) and centre-cropped to 32" in out
     opened = Index.open(tmp_path / "idx")
-    test = build_transforms("resnet18", 32, uint8=True)[1]
+    test = build_transforms(BACKBONE, 32, uint8=True)[1]
     crops = torch.stack([test(Image.open(p).convert("RGB")) for p in opened.paths])
     with torch.no_grad():
         got = torch.jit.load(str(tmp_path / "m.pt"))(crops)

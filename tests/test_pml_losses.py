@@ -14,10 +14,8 @@ from loss.pml import PML_LOSSES
 from minidata import make_cub
 from model.checkpoint import read_weights_file
 from model.embedding import Embedding
+from small_run import SMALL
 
-SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
-         "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5"]
 CLASSES, PER_CLASS, EMBEDDING = 4, 4, 16
 
 

@@ -18,11 +18,9 @@ from model import build_model
 from model import checkpoint
 from model.checkpoint import load_model_weights, read_weights_file, save_atomic
 from tools import plot
+from small_run import SMALL as SMALL_RUN
 
-SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
-         "--embedding-size", "32", "--lambda-mdr", "0.6", "--nu-mdr", "0.01", "--lr", "1e-3",
-         "--lr-decay-epochs", "2"]
+SMALL = SMALL_RUN + ["--embedding-size", "32", "--lambda-mdr", "0.6", "--nu-mdr", "0.01", "--lr-decay-epochs", "2"]
 
 
 @pytest.fixture(scope="module")

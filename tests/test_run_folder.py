@@ -9,9 +9,8 @@ import pytest
 import run
 from errors import UserError
 from minidata import make_cub
-from model import build_model
 from model.checkpoint import read_weights_file, save_atomic
-from small_run import SMALL, run_main as _main
+from small_run import SMALL, pretrained_file, run_main as _main
 from test_run_safety import _epochs
 from tools import sweep
 
@@ -78,8 +77,7 @@ def test_a_moved_identical_tree_resumes_and_the_record_follows_it(cub_root, tmp_
 
 
 def test_resume_with_replaced_pretrained_weights_is_refused(cub_root, tmp_path):
-    weights, save = tmp_path / "resnet18.pth", tmp_path / "run"
-    save_atomic(build_model("resnet18", pretrained=False).base.state_dict(), weights)
+    weights, save = pretrained_file(tmp_path / "imagenet.pth"), tmp_path / "run"
     flags = SMALL + ["--pretrained", str(weights), "--data", str(cub_root)]
     _main(flags + ["--save-dir", str(save), "--epochs", "1"])
     recorded = json.loads((save / "config.json").read_text())["weights"]

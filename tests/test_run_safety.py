@@ -15,7 +15,7 @@ import run
 from errors import UserError
 from experiment import run_dir
 from minidata import make_cub
-from small_run import SMALL, run_main as _main
+from small_run import BACKBONE, SMALL, run_main as _main
 from model import build_model
 from model.checkpoint import read_weights_file, save_atomic
 
@@ -292,7 +292,7 @@ def test_resume_alone_continues_with_the_runs_own_flags(cub_root, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     _main(["--resume", str(save), "--epochs", "2"])
     state = read_weights_file(save / "checkpoint.pth")
-    assert _epochs(save) == [1, 2] and state["args"]["backbone"] == "resnet18" and state["args"]["batch"] == 8
+    assert _epochs(save) == [1, 2] and state["args"]["backbone"] == BACKBONE and state["args"]["batch"] == 8
     assert not (tmp_path / ".lock").exists() and not (tmp_path / "result").exists()
 
 

@@ -11,6 +11,7 @@ from dataset.sampler import PKSampler
 from experiment.device import configure_backends
 from minidata import make_cub, make_inshop
 from reference import load
+from small_run import SMALL as SMALL_RUN
 
 CASES = load("sampler")
 
@@ -62,9 +63,7 @@ def test_inshop_class_order_is_first_appearance_and_cub_is_sorted(tmp_path):
     assert cub.class_order == sorted(set(cub.labels))
 
 
-SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--num-image-per-class", "2", "--iter-per-epoch", "3", "--eval-batch", "16", "--backbone", "resnet18",
-         "--embedding-size", "16", "--lr-decay-epochs", "5", "--seed", "5"]
+SMALL = SMALL_RUN + ["--iter-per-epoch", "3", "--seed", "5"]
 
 
 BUILD_DATASETS = run.build_datasets

@@ -12,10 +12,9 @@ import pytest
 import run
 from minidata import make_cub
 from tools import plot, report, sweep
+from small_run import SMALL
 
-TINY = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-        "--num-image-per-class", "2", "--iter-per-epoch", "1", "--eval-batch", "16", "--backbone", "resnet18",
-        "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5", "--recall", "1", "2", "--epochs", "1"]
+TINY = SMALL + ["--iter-per-epoch", "1", "--recall", "1", "2", "--epochs", "1"]
 
 
 def in_process(cmd: list[str]) -> int:

@@ -7,11 +7,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import run
 from errors import UserError
 from minidata import make_cub
+from small_run import SMALL as SMALL_RUN
 
-SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
-         "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16", "--backbone", "resnet18",
-         "--embedding-size", "16", "--lr", "1e-3", "--lr-decay-epochs", "5", "--lambda-mdr", "0.6", "--nu-mdr",
-         "0.01", "--recall", "1", "2", "--metrics", "recall", "map_r", "nmi"]
+SMALL = SMALL_RUN + ["--lambda-mdr", "0.6", "--nu-mdr", "0.01", "--recall", "1", "2", "--metrics", "recall",
+                     "map_r", "nmi"]
 
 
 def _events(folder):

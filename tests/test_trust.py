@@ -12,7 +12,7 @@ from errors import UserError
 from experiment.validation import ClassSubset, held_out_count
 from experiment.guards import CANONICAL, fingerprint_mismatches, sha256_file
 from minidata import make_cub
-from small_run import SMALL, run_main as _main
+from small_run import BACKBONE, SMALL, pretrained_file, run_main as _main
 from model import build_model
 from model.resnet import ResNetTrunk
 
@@ -27,7 +27,7 @@ def test_config_json_records_the_run(cub_root, tmp_path, capsys):
     save = tmp_path / "run"
     _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "1", "--seed", "7"])
     config = json.loads((save / "config.json").read_text())
-    assert config["seed"] == 7 and config["flags"]["batch"] == 8 and config["flags"]["backbone"] == "resnet18"
+    assert config["seed"] == 7 and config["flags"]["batch"] == 8 and config["flags"]["backbone"] == BACKBONE
     assert set(config["versions"]) == {"python", "torch", "torchvision", "Pillow"}
     assert config["versions"]["torch"] == torch.__version__
     assert re.fullmatch(r"[0-9a-f]{40}", config["git"]["commit"])
@@ -62,7 +62,7 @@ def test_a_removed_image_warns_with_the_numbers_and_strict_data_stops_before_tra
         _main(SMALL + ["--data", str(root), "--save-dir", str(save), "--epochs", "1", "--strict-data"])
     assert not (save / "config.json").exists() and not (save / "checkpoint.pth").exists()
     monkeypatch.undo()
-    weights = _resnet18_file(tmp_path, "imagenet.pth")
+    weights = pretrained_file(tmp_path / "imagenet.pth")
     pretrained = [f for f in SMALL if f != "--no-pretrained"] + ["--pretrained", str(weights)]
     _main(pretrained + ["--data", str(root), "--save-dir", str(tmp_path / "warned"), "--epochs", "1"])
     out = capsys.readouterr().out
