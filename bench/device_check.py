@@ -300,11 +300,17 @@ class Runs:
         return save_dir
 
 
-def prepare_runs(folder: Path, device: torch.device, sizes: Sizes, workers: int) -> Runs:
+def prepare_runs(folder: Path, device: torch.device, sizes: Sizes, workers: int, backbone: str) -> Runs:
+    """The tree and flags of the run checks: BN-Inception from ``he_initialised`` weights, or ``backbone``
+    from its random initialisation."""
     tree = make_cub_tree(folder / "data", sizes.classes, sizes.per_class, max(2 * sizes.image, 96))
-    weights = folder / "bninception_he.pth"
-    torch.save(he_initialised(), weights)
-    flags = ["--dataset", "cub200", "--data", str(tree), "--device", device.type, "--pretrained", str(weights),
+    if backbone == "bninception":
+        weights = folder / "bninception_he.pth"
+        torch.save(he_initialised(), weights)
+        start = ["--pretrained", str(weights)]
+    else:
+        start = ["--backbone", backbone, "--no-pretrained"]
+    flags = ["--dataset", "cub200", "--data", str(tree), "--device", device.type, *start,
              "--image-size", str(sizes.image), "--batch", str(sizes.run_batch), "--num-image-per-class",
              str(sizes.per_batch_class), "--iter-per-epoch", str(sizes.run_iters), "--eval-batch", "32",
              "--workers", str(workers), "--lr", "5e-5", "--lambda-mdr", "0.6", "--nu-mdr", "0.01",
@@ -380,8 +386,8 @@ def measured(name: str, check: Callable[[], Row | list[Row]]) -> list[Row]:
     return rows
 
 
-def environment(device: torch.device, sizes: Sizes) -> dict:
-    record = {"torch": torch.__version__, "device": device.type, "sizes": asdict(sizes),
+def environment(device: torch.device, sizes: Sizes, run_backbone: str) -> dict:
+    record = {"torch": torch.__version__, "device": device.type, "sizes": asdict(sizes), "run_backbone": run_backbone,
               "amp_dtype": str(amp_settings(True, device)[0]), "cpus": os.cpu_count()}
     if device.type == "cuda":
         record.update(name=torch.cuda.get_device_name(device), capability=list(torch.cuda.get_device_capability(device)),
@@ -406,6 +412,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=bounded_int(1), default=1, help="torchrun processes of the torchrun check")
     p.add_argument("--workers", type=bounded_int(0), default=min(8, os.cpu_count() or 1),
                    help="data loader processes of the runs")
+    p.add_argument("--run-backbone", default="bninception", metavar="NAME",
+                   help="backbone of the run checks (deterministic, torchrun, end_to_end); the other checks "
+                        "always train BN-Inception (the CPU test passes a small timm model to stay fast)")
     return p
 
 
@@ -422,9 +431,10 @@ def checks(device: torch.device, sizes: Sizes, runs: Runs, nproc: int) -> dict[s
             "end_to_end": lambda: check_end_to_end(runs)}
 
 
-def write_report(out: Path, device: torch.device, sizes: Sizes, rows: list[Row], seconds: float) -> dict:
+def write_report(out: Path, device: torch.device, sizes: Sizes, rows: list[Row], seconds: float,
+                 run_backbone: str) -> dict:
     """DIR/device_check.json with the rows so far (rewritten after each check, so a killed run keeps them)."""
-    report = {"environment": environment(device, sizes), "seconds": seconds, "rows": [asdict(row) for row in rows]}
+    report = {"environment": environment(device, sizes, run_backbone), "seconds": seconds, "rows": [asdict(row) for row in rows]}
     write_text_atomic(out / "device_check.json", json.dumps(report, indent=2) + "\n")
     return report
 
@@ -439,11 +449,11 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = prepare_runs(Path(tmp), device, sizes, args.workers)
+        runs = prepare_runs(Path(tmp), device, sizes, args.workers, args.run_backbone)
         for name, check in checks(device, sizes, runs, args.nproc).items():
             rows += measured(name, check)
             print(f"[device_check] {table(rows).splitlines()[-1]}", flush=True)
-            report = write_report(out, device, sizes, rows, time.perf_counter() - started)
+            report = write_report(out, device, sizes, rows, time.perf_counter() - started, args.run_backbone)
     configure_backends(device, deterministic=False)
     print(f"\ntorch {report['environment']['torch']} on {report['environment'].get('name', device.type)}, "
           f"{report['seconds']:.0f} s\n{table(rows)}\nwritten to {out / 'device_check.json'}")

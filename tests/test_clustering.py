@@ -14,8 +14,10 @@ from metric.nmi import adjusted_mutual_info, clustering_metrics, nmi, normalized
 from metric.tile_scan import mean64
 
 SIZE = (2000, 100, 512)  # images, classes, dimensions
-NOISE = {98: 0.6, 88: 1.5, 75: 1.95, 60: 2.5}  # scikit-learn's NMI at SIZE -> trained_like's noise
-SEEDS = range(8)
+# scikit-learn's NMI at SIZE -> trained_like's noise: the difficulties of trained CUB (60-75) and SOP (88)
+# embeddings; the well-separated ~98 (noise 0.6: 0.12 points apart over these seeds) is bench/nmi_speed.py's
+NOISE = {88: 1.5, 75: 1.95, 60: 2.5}
+SEEDS = range(5)  # the means' differences over 5 seeds: 0.48, -0.17 and -0.03 points
 
 
 def _centred(x):
@@ -50,7 +52,7 @@ def test_an_empty_cluster_takes_the_farthest_point_as_scikit_learn():
 @pytest.mark.parametrize("target", sorted(NOISE))
 def test_nmi_within_one_point_of_scikit_learn_across_difficulty(target):
     """Mean NMI over seeds of the whole k-means (seeding included) within 1 point of scikit-learn
-    KMeans(n_clusters=k, n_init=1)'s, at NMI about 60, 75, 88 and 98 (one run's spread is about 1 point)."""
+    KMeans(n_clusters=k, n_init=1)'s, at NMI about 60, 75 and 88 (one run's spread is about 1 point)."""
     n, k, dim = SIZE
     x, labels = trained_like(n, k, dim, NOISE[target])
     theirs = [100 * normalized_mutual_info_score(labels.numpy(), KMeans(k, n_init=1, random_state=s).fit_predict(

@@ -1,9 +1,12 @@
-"""bench/device_check.py, the prepared check for the first GPU, runs on the CPU with its small sizes."""
+"""bench/device_check.py, the prepared check for the first GPU, runs on the CPU with its small sizes (its run
+checks on the tests' small backbone: BN-Inception's run.py path is test_benchmarks.py's default-flags run)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from small_run import BACKBONE
 
 ROOT = Path(__file__).resolve().parent.parent
 EQUALITY = {"deterministic", "channels_last", "recall_vs_cpu", "torchrun", "end_to_end"}
@@ -15,12 +18,13 @@ def test_the_device_check_runs_on_cpu_and_every_equality_holds(tmp_path, monkeyp
     from device_check import ROWS
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "device_check.py"), "--out", str(tmp_path / "out"),
-                           "--small", "--workers", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           "--small", "--workers", "0", "--run-backbone", BACKBONE], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "device_check.json").read_text())
     rows = {row["name"]: row for row in report["rows"]}
     assert tuple(rows) == ROWS and report["environment"]["device"] == "cpu"
+    assert report["environment"]["run_backbone"] == BACKBONE
     for name in EQUALITY:
         assert rows[name]["passed"] is True, rows[name]
     for name in RATES:
