@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from experiment.optional import require
+from optional import require
 from loss.mdr import MDRLoss
 from tools.plot import mdr_distance_sample
 
