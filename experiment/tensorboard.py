@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
+from loss.mdr import MDRLoss, mdr_distance_sample
 from optional import require
-from loss.mdr import MDRLoss
-from tools.plot import mdr_distance_sample
 
 PROJECTOR_SAMPLE = 10000  # test embeddings given to the projector, at most
 EPOCH_TAGS = {"loss": "epoch/loss", "mdr_loss": "epoch/mdr_term", "lr": "epoch/lr",

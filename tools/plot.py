@@ -20,32 +20,14 @@ import torch
 
 from errors import UserError
 from experiment.run_dir import read_history, selection_key
-from metric.distance import off_diagonal, pdist
+from loss.mdr import MDRLoss, mdr_distance_sample
 from model.checkpoint import read_weights_file, save_atomic
 from tools.report import SELECTIONS, Grid, Group, find_runs, grid_label, group_runs, recall_ks
 from tools.grid import value_order
 from tools.seed_stats import Summary, ci_halfwidth, summarize
 
-SAMPLE = 1000
 
-
-def mdr_distance_sample(embeddings: torch.Tensor, momented_mean: float, momented_std: float,
-                        mean_scaled: bool, seed: int = 0) -> torch.Tensor:
-    """Normalised off-diagonal distances, as MDR sees them, of up to 1000 of the (N, D) eval embeddings.
-
-    ``mean_scaled``: the head divides training outputs by their mean pairwise
-    distance (the default head, not --l2norm), so the sample is scaled the same
-    way before the running mean and std are applied.
-    """
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(embeddings), generator=g)[:SAMPLE]
-    dist = off_diagonal(pdist(embeddings.float().cpu()[pick]))
-    if mean_scaled:
-        dist = dist / dist.mean()
-    return (dist - momented_mean) / momented_std
-
-
-def save_embedding_sample(embeddings: torch.Tensor, mdr, mean_scaled: bool, save_dir: Path) -> Path:
+def save_embedding_sample(embeddings: torch.Tensor, mdr: MDRLoss, mean_scaled: bool, save_dir: Path) -> Path:
     """Write the normalised distance sample and the MDR levels for the histogram."""
     path = save_dir / "mdr_distances.pt"
     sample = mdr_distance_sample(embeddings, float(mdr.momented_mean), float(mdr.momented_std), mean_scaled)
