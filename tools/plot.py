@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from errors import UserError
+from experiment.cli import ArgumentParser, exit_status
 from experiment.run_dir import read_history, selection_key
 from loss.mdr import MDRLoss, mdr_distance_sample
 from model.checkpoint import read_weights_file, save_atomic
@@ -247,39 +248,36 @@ def plot_against(paths: list[str], out: Path, flag: str, selection: str = "best"
     return save_figure(fig, out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("tools.plot", __doc__)
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a --save-dir of run.py (with --compare: "
                                                                     "run folders or folders holding them)")
     parser.add_argument("--compare", action="store_true", help="one figure comparing the methods over seeds")
-    parser.add_argument("--out", default="comparison.png", help="the --compare figure (default comparison.png)")
+    parser.add_argument("--out", default="comparison.png", help="the --compare figure")
     parser.add_argument("--against", metavar="FLAG", default=None,
                         help="with --compare: Recall@1 against the values of this grid flag of tools.sweep --grid "
                              "(e.g. lambda-mdr) instead of over epochs")
     parser.add_argument("--selection", choices=[s for s, _ in SELECTIONS], default="best",
-                        help="with --against: the epoch of each run (default best, the authors' protocol)")
-    args = parser.parse_args(argv)
-    failed = False
-    try:
-        if args.compare:
-            out = check_out(Path(args.out))
-            print(plot_against(args.paths, out, args.against, args.selection) if args.against
-                  else plot_comparison(args.paths, out))
-            return 0
-        if args.against:
-            raise UserError("--against draws a comparison; add --compare")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for run_dir in args.paths:
-        for draw in RUN_PLOTS:
-            try:
-                for path in draw(Path(run_dir)):
-                    print(path)
-            except UserError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                failed = True
-    return 1 if failed else 0
+                        help="with --against: the epoch of each run (best: the authors' protocol)")
+    return parser
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--compare: draw the comparison figure and print its path."""
+    if not args.compare:
+        raise UserError("--against draws a comparison; add --compare")
+    out = check_out(Path(args.out))
+    print(plot_against(args.paths, out, args.against, args.selection) if args.against
+          else plot_comparison(args.paths, out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Each figure printed as it is written; one that cannot be drawn is one error line, the others still are."""
+    args = get_args_parser().parse_args(argv)
+    if args.compare or args.against:
+        return exit_status(lambda: compare(args))
+    return max(exit_status(lambda: [print(path) for path in draw(Path(run_dir))])
+               for run_dir in args.paths for draw in RUN_PLOTS)
 
 
 if __name__ == "__main__":
