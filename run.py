@@ -37,7 +37,7 @@ from experiment.tensorboard import TensorBoardLog
 from experiment.trained_model import DATA_FLAGS, MODEL_FLAGS, adopt_flags_of_weights
 from experiment.validation import prefixed, split_validation, val_selected_epoch
 from loss.criterion import build_criterion, check_criterion, loss_param_groups
-from loss.mdr import MDRLoss
+from loss.mdr import MDRLoss, level_names
 from metric.nmi import clustering_metrics
 from metric.per_class import per_class_csv
 from metric.retrieval import retrieval_metrics
@@ -236,8 +236,11 @@ def eval_metrics(args: argparse.Namespace) -> list[str]:
     return list(args.metrics) + (["per_class"] if args.per_class else [])
 
 
-def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_dir: Path) -> None:
-    """The optional outputs of an evaluation: embeddings file, per-class metrics and retrieval grid."""
+def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_dir: Path, weights: str) -> None:
+    """The optional outputs of an evaluation: embeddings file, per-class metrics and retrieval grid.
+
+    ``weights`` names the model evaluated in the grid's title, e.g. "last.pth (epoch 100)".
+    """
     if not (args.save_embeddings or args.save_retrievals or args.per_class):
         return
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +250,7 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
         print(f"Embeddings written to {save_dir / 'embeddings.pt'}")
     query_name = "query" if "query" in embedded else "test"
     gallery_name = "gallery" if "gallery" in embedded else "test"
+    split = "test" if query_name == gallery_name else "query -> gallery"
     if args.per_class:
         gallery = (None, None) if gallery_name == query_name else embedded[gallery_name]
         write_text_atomic(save_dir / "per_class.csv", per_class_csv(*embedded[query_name], *gallery, args.recall,
@@ -256,7 +260,8 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
         path = save_retrieval_grid(embedded[query_name], eval_sets[query_name].samples, embedded[gallery_name],
                                    eval_sets[gallery_name].samples, args.save_retrievals,
                                    save_dir / "retrievals.png", exclude_self=query_name == gallery_name,
-                                   own=own_positions(eval_sets), worst=args.worst)
+                                   own=own_positions(eval_sets), worst=args.worst,
+                                   shows=f"{args.dataset} {split} split, {weights}")
         print(f"Retrieval grid written to {path}")
 
 
@@ -334,7 +339,7 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
     print_table(results)
     if ctx.is_main and (args.save_embeddings or args.save_retrievals or args.per_class):
         with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
-            finish_eval(args, embedded, eval_sets, save_dir)
+            finish_eval(args, embedded, eval_sets, save_dir, args.load or "the initial model")
     return results
 
 
@@ -457,23 +462,28 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         tb.log_embeddings(*next(iter(embedded.values())), epoch)
         tb.close()
     if ctx.is_main:
-        finish_run(args, embedded, eval_sets, mdr, save_dir)
+        finish_run(args, embedded, eval_sets, mdr, save_dir, epoch)
     return results
 
 
-def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: MDRLoss, save_dir: Path) -> None:
-    """The end-of-run extras: the MDR distance sample, embeddings, retrievals and plots."""
+def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: MDRLoss, save_dir: Path,
+               epoch: int) -> None:
+    """The end-of-run extras of the model after ``epoch`` (last.pth): the MDR distance sample, embeddings,
+    retrievals and plots."""
     if embedded:
-        save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
-    finish_eval(args, embedded, eval_sets, save_dir)
+        save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir, epoch)
+    finish_eval(args, embedded, eval_sets, save_dir, f"last.pth (epoch {epoch})")
     if args.plot:
         for path in plot_run(save_dir):
             print(f"Plot written to {path}")
 
 
 def print_record(record: dict) -> None:
+    """``[Epoch N] name: value, ...``; the MDR levels one by one, named level_1, level_2, ..."""
+    shown = [(k, v) for name, value in record.items() if name != "epoch"
+             for k, v in (zip(level_names(len(value)), value) if name == "levels" else [(name, value)])]
     print("[Epoch %d] " % record["epoch"] + ", ".join(
-        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in record.items() if k != "epoch"))
+        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown))
 
 
 def cli(argv: list[str] | None = None, dataset: str = "cub200", description: str | None = __doc__) -> int:

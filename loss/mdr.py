@@ -11,6 +11,12 @@ MOMENTUM = 0.9  # the authors' momentum of the running mean and std
 SAMPLE = 1000  # eval embeddings whose distances mdr_distance_sample draws
 
 
+def level_names(count: int) -> list[str]:
+    """The names of MDR's levels everywhere (TensorBoard tags, plots, printed lines): level_1, level_2, ...,
+    in the order of ``MDRLoss.levels`` and of a metrics.jsonl record's "levels" list."""
+    return [f"level_{i}" for i in range(1, count + 1)]
+
+
 class MDRLoss(nn.Module):
     """Pulls every normalised pairwise distance towards its nearest learnable level.
 

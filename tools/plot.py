@@ -21,18 +21,20 @@ import torch
 from errors import UserError
 from experiment.cli import ArgumentParser, exit_status
 from experiment.run_dir import read_history, selection_key
-from loss.mdr import MDRLoss, mdr_distance_sample
+from loss.mdr import MDRLoss, level_names, mdr_distance_sample
 from model.checkpoint import read_weights_file, save_atomic
 from tools.report import SELECTIONS, Grid, Group, find_runs, grid_label, group_runs, recall_ks
 from tools.grid import value_order
 from tools.seed_stats import Summary, ci_halfwidth, summarize
 
 
-def save_embedding_sample(embeddings: torch.Tensor, mdr: MDRLoss, mean_scaled: bool, save_dir: Path) -> Path:
-    """Write the normalised distance sample and the MDR levels for the histogram."""
+def save_embedding_sample(embeddings: torch.Tensor, mdr: MDRLoss, mean_scaled: bool, save_dir: Path,
+                          epoch: int) -> Path:
+    """Write the normalised distance sample of the model after ``epoch`` (last.pth) and its MDR levels for the
+    histogram."""
     path = save_dir / "mdr_distances.pt"
     sample = mdr_distance_sample(embeddings, float(mdr.momented_mean), float(mdr.momented_std), mean_scaled)
-    save_atomic({"distances": sample, "levels": mdr.levels.detach().cpu()}, path)
+    save_atomic({"distances": sample, "levels": mdr.levels.detach().cpu(), "epoch": epoch}, path)
     return path
 
 
@@ -76,45 +78,70 @@ def save_figure(fig, out: Path) -> Path:
     return out
 
 
+def _epoch_series(ax, records: list[dict], values: list[float], label: str) -> None:
+    """One curve over ``records``' epochs; its epoch 0 value (the model before training) as a separate point."""
+    epochs = [r["epoch"] for r in records]
+    line, = ax.plot(epochs, values, marker=".", label=label)
+    if epochs and epochs[0] == 0:
+        ax.plot(epochs[:1], values[:1], "o", markersize=8, color=line.get_color(), markerfacecolor="white")
+
+
 def plot_curves(records: list[dict], out: Path) -> Path:
-    """Losses and MDR levels per trained epoch, Recall@K per evaluated epoch (epoch 0 is evaluated, not trained)."""
+    """Losses per trained epoch; Recall@K and the MDR levels per evaluated epoch, from epoch 0, the model
+    before training (an open circle), on."""
     plt = _pyplot()
     trained = [r for r in records if "loss" in r]
     recall_keys = sorted({k for r in records for k in r if k.startswith("Recall@")}, key=lambda k: int(k[7:]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot([r["epoch"] for r in trained], [r["loss"] for r in trained], label="base loss")
-    axes[0].plot([r["epoch"] for r in trained], [r["mdr_loss"] for r in trained], label="MDR term")
-    axes[0].set_title("loss")
+    axes[0].plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker=".", label="base loss")
+    axes[0].plot([r["epoch"] for r in trained], [r["mdr_loss"] for r in trained], marker=".", label="MDR term")
+    axes[0].set_title("Training loss")
+    axes[0].set_ylabel("loss, mean over the epoch's batches")
     for key in recall_keys:  # epochs skipped by --eval-every have no recall
         evaluated = [r for r in records if key in r]
-        axes[1].plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker=".", label=key)
-    axes[1].set_title("recall (%)")
+        _epoch_series(axes[1], evaluated, [r[key] for r in evaluated], key)
+    axes[1].set_title("Test recall (epoch 0: before training)")
+    axes[1].set_ylabel("Recall@K (%)")
     with_levels = [r for r in records if "levels" in r]
-    for i, series in enumerate(zip(*[r["levels"] for r in with_levels])):
-        axes[2].plot([r["epoch"] for r in with_levels], series, label=f"level {i + 1}")
+    for name, series in zip(level_names(len(with_levels[0]["levels"]) if with_levels else 0),
+                            zip(*[r["levels"] for r in with_levels])):
+        _epoch_series(axes[2], with_levels, list(series), name)
     axes[2].set_title("MDR levels")
+    axes[2].set_ylabel("level (running std of distances)")
     return save_epoch_figure(fig, axes, out)
 
 
 def save_epoch_figure(fig, axes, out: Path) -> Path:
-    """Label every x axis "epoch", add legends and grids, and write ``fig`` to ``out``."""
+    """Label every x axis "epoch" with integer ticks, add legends and grids, and write ``fig`` to ``out``."""
+    from matplotlib.ticker import MaxNLocator
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     return save_figure(fig, out)
 
 
+def histogram_title(epoch: int | None) -> str:
+    """What mdr_histogram.png shows: the model after ``epoch`` (None: a sample of a run from before the epoch
+    was recorded), which is the run's last.pth."""
+    when = f"after epoch {epoch} (last.pth)" if epoch is not None else "at the end of the run (last.pth)"
+    return f"Test distances and MDR levels {when}"
+
+
 def plot_histogram(sample: dict, out: Path) -> Path:
+    """The sample's normalised distances and a dashed line, named, at each MDR level."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(sample["distances"].numpy(), bins=100, color="steelblue", alpha=0.8)
-    for i, level in enumerate(sample["levels"].tolist()):
-        ax.axvline(level, color="crimson", linestyle="--", label="levels" if i == 0 else None)
-    ax.set_xlabel("normalised pairwise distance")
-    ax.set_ylabel("pairs")
-    ax.set_title("Pairwise distances of test embeddings and the MDR levels")
-    ax.legend()
+    for i, (name, level) in enumerate(zip(level_names(len(sample["levels"])), sample["levels"].tolist())):
+        ax.axvline(level, color="crimson", linestyle="--", label="MDR levels" if i == 0 else None)
+        ax.annotate(f"{name}\n{level:.2f}", (level, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", va="top", fontsize=8, color="crimson")
+    ax.set_xlabel("pairwise distance, normalised by MDR's running mean and std")
+    ax.set_ylabel("pairs of test images")
+    ax.set_title(histogram_title(sample.get("epoch")))
+    ax.legend(loc="upper left")
     return save_figure(fig, out)
 
 
