@@ -126,10 +126,7 @@ def execute(cmd: list[str]) -> int:
     return subprocess.run(cmd).returncode
 
 
-def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The sweep's own flags, and the run.py flags after ``--``."""
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser("tools.sweep", __doc__)
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS),
                         help="a dataset of run.py; those the authors did not configure take CUB-200's flags")
@@ -142,7 +139,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                              "and seed, into ROOT/DATASET/METHOD/FLAG=V,.../seedN; a flag taking several numbers "
                              "separates them by spaces, e.g. \"mdr-levels=-3 0 3,-2 0 2\"")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, one per line, and run nothing")
-    return parser.parse_args(own), extra
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The sweep's own flags, and the run.py flags after ``--``."""
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    return get_args_parser().parse_args(own), extra
 
 
 def planned(args: argparse.Namespace, extra: list[str]) -> tuple[list, list]:
