@@ -14,7 +14,9 @@ interval as a band; methods without that flag are drawn as horizontal lines.
 """
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -298,13 +300,18 @@ def compare(args: argparse.Namespace) -> None:
           else plot_comparison(args.paths, out))
 
 
+def print_plots(draw: Callable[[Path], list[Path]], run_dir: Path) -> None:
+    """Draw one of RUN_PLOTS of ``run_dir`` and print the path of each figure written."""
+    for path in draw(run_dir):
+        print(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Each figure printed as it is written; one that cannot be drawn is one error line, the others still are."""
     args = get_args_parser().parse_args(argv)
     if args.compare or args.against:
         return exit_status(lambda: compare(args))
-    return max(exit_status(lambda: [print(path) for path in draw(Path(run_dir))])
-               for run_dir in args.paths for draw in RUN_PLOTS)
+    return max(exit_status(partial(print_plots, draw, Path(run_dir))) for run_dir in args.paths for draw in RUN_PLOTS)
 
 
 if __name__ == "__main__":
