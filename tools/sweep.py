@@ -21,7 +21,7 @@ from dataset import DATASETS
 from errors import UserError
 from experiment.cli import ArgumentParser
 from experiment.config import CONFIG_NAME, METHOD_NAMES, read_run_config
-from experiment.flags import get_args_parser, parse_args
+from experiment.flags import get_args_parser as run_args_parser, parse_args as parse_run_args
 from experiment.run_dir import RUN_FILES, read_history
 from tools.grid import Point, folder_name, parse_grid, point_flags, points
 
@@ -82,7 +82,7 @@ def unusable(run_dir: Path) -> str | None:
 
 def planned_epochs(dataset: str, flags: list[str]) -> int:
     """--epochs of a run with ``flags``, as run.py parses them (which also checks them)."""
-    return parse_args(flags, "inshop" if dataset == "inshop" else "cub200").epochs
+    return parse_run_args(flags, "inshop" if dataset == "inshop" else "cub200").epochs
 
 
 def command(dataset: str, flags: list[str], run_dir: Path) -> list[str] | None:
@@ -156,7 +156,7 @@ def planned(args: argparse.Namespace, extra: list[str]) -> tuple[list, list]:
         print(f"[Sweep] the authors gave no configuration for {args.dataset}; each method takes CUB-200's "
               f"({' '.join(common)}; MDR: --lambda-mdr {lambda_mdr} --nu-mdr 0.01)", file=sys.stderr)
     grid = [(flag, unique(values, f"--grid {flag}"))
-            for flag, values in parse_grid(args.grid, get_args_parser(), extra)]
+            for flag, values in parse_grid(args.grid, run_args_parser(), extra)]
     return plan(args.dataset, unique(args.seeds, "--seeds"), unique(args.methods, "--methods"), Path(args.root),
                 extra, points(grid))
 
