@@ -6,7 +6,6 @@
 import argparse
 import contextlib
 import math
-import os
 import signal
 import sys
 from functools import partial
@@ -29,29 +28,24 @@ from experiment.config import record_run
 from experiment.device import amp_settings, configure_backends, seed_everything, select_device, to_device
 from experiment.distributed import Context
 from experiment.extraction import extract
-from experiment.flags import bounded_int, check_args, expand_original_abbreviations, finite_float, given_flags
+from experiment.flags import parse_args
 from experiment.resume import adopt_saved_flags, check_resume, run_flags
 from experiment.rng import rng_state, set_rng_state
-from experiment.run_dir import (DEFAULT_SAVE_DIR, claim_run_dir, read_checkpoint,
-                                resume_checkpoint, save_run_file, selection_key, upgraded_checkpoint,
-                                write_outputs, write_text_atomic)
+from experiment.run_dir import (claim_run_dir, read_checkpoint, resume_checkpoint, save_run_file, selection_key,
+                                upgraded_checkpoint, write_outputs, write_text_atomic)
 from experiment.tensorboard import TensorBoardLog
 from experiment.trained_model import DATA_FLAGS, MODEL_FLAGS, adopt_flags_of_weights
 from experiment.validation import prefixed, split_validation, val_selected_epoch
-from loss.criterion import LOSS_NAMES, build_criterion, check_criterion, loss_arg, loss_param_groups
-from loss.mdr import LEVELS, MOMENTUM, MDRLoss
-from loss.sampler import SAMPLERS
+from loss.criterion import build_criterion, check_criterion, loss_param_groups
+from loss.mdr import MDRLoss, level_names
 from metric.nmi import clustering_metrics
 from metric.per_class import per_class_csv
 from metric.retrieval import retrieval_metrics
-from model import BACKBONES, build_model
+from model import build_model
 from model.batchnorm import freeze_batchnorm
 from model.checkpoint import load_model_weights, save_atomic
 from tools.plot import plot_run, save_embedding_sample
 from tools.retrievals import save_retrieval_grid
-
-METRICS = ("recall", "map_r", "nmi", "ami")
-
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
@@ -71,121 +65,6 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
-
-
-def get_args_parser(dataset: str = "cub200") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["train", "eval"], default="train", help="train, or only evaluate --load")
-    p.add_argument("--load", default=None, help="model weights to start from or evaluate (authors' .pth files work)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=dataset,
-                   help="benchmark; 'stanford' and 'sop' are Stanford Online Products, 'folder' your own "
-                        "--data DIR with one sub-folder per class (or train/, test/ split folders), 'csv' your "
-                        "--data FILE.csv manifest of path,label,split rows (docs/own-data.md)")
-    p.add_argument("--backbone", choices=BACKBONES, default="bninception")
-    p.add_argument("--l2norm", action="store_true", help="L2-normalise embeddings (Triplet+L2Norm)")
-    p.add_argument("--lambda-mdr", type=finite_float(False), default=0.0,
-                   help="weight of the MDR regulariser (0: off)")
-    p.add_argument("--nu-mdr", type=finite_float(False), default=0.0, help="weight of the sum of squared MDR levels")
-    p.add_argument("--mdr-levels", type=finite_float(None), nargs="+", default=list(LEVELS), metavar="LEVEL",
-                   help="initial MDR levels, in running standard deviations of the distances (the authors' "
-                        "-3 0 3; they are learnt from there)")
-    p.add_argument("--mdr-momentum", type=finite_float(False, 1.0), default=MOMENTUM, metavar="M",
-                   help="momentum of MDR's running mean and std of the distances, 0 to 1 (the authors' 0.9)")
-    p.add_argument("--loss", choices=LOSS_NAMES, default="triplet",
-                   help="base loss: the authors' triplet, or a pytorch-metric-learning loss (pip install "
-                        "pytorch-metric-learning) with the library's defaults; MDR adds to any of them")
-    p.add_argument("--loss-args", type=loss_arg, nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override hyper-parameters of --loss, e.g. margin=0.1 alpha=32")
-    p.add_argument("--loss-lr-mult", type=finite_float(True), default=1.0,
-                   help="learning rate of the loss's own parameters (proxies, class weights) as a multiple of --lr")
-    p.add_argument("--embedding-size", type=bounded_int(1), default=512)
-    p.add_argument("--lr", type=finite_float(True), default=1e-4, help="Adam learning rate (weight decay 1e-5)")
-    p.add_argument("--lr-decay-epochs", type=bounded_int(1), nargs="+", default=[40, 60, 80],
-                   help="MultiStepLR milestones")
-    p.add_argument("--lr-decay-gamma", type=finite_float(True), default=0.2)
-    p.add_argument("--batch", type=bounded_int(2), default=128,
-                   help="training batch size (at least 2 x --num-image-per-class)")
-    p.add_argument("--num-image-per-class", "--num_image_per_class", dest="num_image_per_class",
-                   type=bounded_int(2), default=4, help="images per class in a training batch (2 or more)")
-    p.add_argument("--iter-per-epoch", type=bounded_int(1), default=100)
-    p.add_argument("--epochs", type=bounded_int(1), default=100)
-    p.add_argument("--recall", type=bounded_int(1), nargs="+", default=[1],
-                   help="K values of Recall@K (sorted, duplicates dropped); best.pth is chosen by Recall@1, "
-                        "or by the smallest K when 1 is not among them")
-    p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=1,
-                   help="seed of python, torch and the batch sampler")
-    p.add_argument("--data", default="./dataset/",
-                   help="data root (for --dataset folder: the image folder; for csv: the manifest)")
-    p.add_argument("--save-dir", default=None,
-                   help=f"where best.pth, last.pth, result.txt and logs go (default {DEFAULT_SAVE_DIR}, or the "
-                        f"next free {DEFAULT_SAVE_DIR}_N when it holds another run)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="let a new run replace the run already in --save-dir")
-    p.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto",
-                   help="auto picks CUDA, then MPS, then CPU")
-    p.add_argument("--workers", type=bounded_int(0), default=min(8, os.cpu_count() or 1),
-                   help="data loader processes")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="start the backbone from random weights")
-    p.add_argument("--pretrained", dest="pretrained", metavar="PATH", default=True,
-                   help="ImageNet weights file for the backbone (default: download)")
-    p.add_argument("--image-size", type=bounded_int(32), default=None,
-                   help="crop side (default 224, or a timm model's resolution); images are resized to "
-                        "size*256/224 first")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="distance",
-                   help="negative sampling of the triplet loss (the authors use distance-weighted)")
-    p.add_argument("--eval-batch", type=bounded_int(1), default=128, help="batch size of embedding extraction")
-    p.add_argument("--eval-every", type=bounded_int(1), default=1, metavar="N",
-                   help="evaluate every N epochs and always after the last (default 1, the authors' schedule)")
-    p.add_argument("--metrics", nargs="+", choices=METRICS, default=["recall"],
-                   help="recall (Recall@K), map_r (MAP@R and R-Precision), nmi and ami (NMI and adjusted "
-                        "mutual information of one k-means clustering)")
-    p.add_argument("--per-class", action="store_true",
-                   help="also report 'class-avg Recall@K' (and 'class-avg MAP@R' with map_r), the mean over "
-                        "classes of each class's mean, and write per_class.csv for the last evaluation")
-    p.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
-    p.add_argument("--train-classes", type=int, default=None,
-                   help="--dataset folder of class folders: the first N classes by name train (default half)")
-    p.add_argument("--resume", default=None, metavar="PATH",
-                   help="continue a run, in its own folder, from its checkpoint.pth or that folder; the flags "
-                        "that define the run must be the same, --epochs may grow")
-    p.add_argument("--save-embeddings", action="store_true",
-                   help="write the evaluated embeddings and labels to <save-dir>/embeddings.pt")
-    p.add_argument("--save-retrievals", type=bounded_int(0), default=0, metavar="N",
-                   help="write a PNG grid of N test queries and their top 5 retrievals to the save dir")
-    p.add_argument("--worst", action="store_true",
-                   help="with --save-retrievals: the N queries of lowest average precision (AP@R), worst first")
-    p.add_argument("--plot", action="store_true", help="write training curves and the MDR histogram at the end")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="write TensorBoard logs to <save-dir>/tb (pip install tensorboard)")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="decode and resize every image once into DIR and reuse it (identical results, faster)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision for the network (bf16, or fp16 with loss scaling); losses stay float32")
-    held_out = p.add_mutually_exclusive_group()
-    held_out.add_argument("--val-classes", type=bounded_int(2), default=None, metavar="N",
-                          help="hold out N training classes as validation; best_val.pth is the epoch with the "
-                               "highest validation Recall@1 (default: the authors' best-on-test selection only)")
-    held_out.add_argument("--val-fraction", type=finite_float(True), default=None, metavar="F",
-                          help="like --val-classes, holding out the fraction F of the training classes")
-    p.add_argument("--strict-data", action="store_true",
-                   help="refuse a benchmark tree whose split sizes differ from the canonical ones (default: warn)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="repeatable CUDA runs for a seed and machine: deterministic algorithms only, "
-                        "cudnn.benchmark off (slower; see README)")
-    p.add_argument("--no-tf32", dest="tf32", action="store_false",
-                   help="IEEE float32 convolutions on Ampere and newer GPUs, as the authors' torch 1.3 computed "
-                        "(default: TF32, faster, other rounding; see docs/devices.md)")
-    return p
-
-
-def parse_args(argv: list[str] | None = None, dataset: str = "cub200") -> argparse.Namespace:
-    """Parse and check ``argv``; abbreviations of the authors' flags keep their meaning."""
-    parser = get_args_parser(dataset)
-    argv = expand_original_abbreviations(sys.argv[1:] if argv is None else argv, parser._option_string_actions)
-    args = check_args(parser, parser.parse_args(argv))
-    args._given = given_flags(parser, argv)
-    return args
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, criterion: nn.Module,
@@ -357,8 +236,11 @@ def eval_metrics(args: argparse.Namespace) -> list[str]:
     return list(args.metrics) + (["per_class"] if args.per_class else [])
 
 
-def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_dir: Path) -> None:
-    """The optional outputs of an evaluation: embeddings file, per-class metrics and retrieval grid."""
+def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_dir: Path, weights: str) -> None:
+    """The optional outputs of an evaluation: embeddings file, per-class metrics and retrieval grid.
+
+    ``weights`` names the model evaluated in the grid's title, e.g. "last.pth (epoch 100)".
+    """
     if not (args.save_embeddings or args.save_retrievals or args.per_class):
         return
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -368,6 +250,7 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
         print(f"Embeddings written to {save_dir / 'embeddings.pt'}")
     query_name = "query" if "query" in embedded else "test"
     gallery_name = "gallery" if "gallery" in embedded else "test"
+    split = "test" if query_name == gallery_name else "query -> gallery"
     if args.per_class:
         gallery = (None, None) if gallery_name == query_name else embedded[gallery_name]
         write_text_atomic(save_dir / "per_class.csv", per_class_csv(*embedded[query_name], *gallery, args.recall,
@@ -377,7 +260,8 @@ def finish_eval(args: argparse.Namespace, embedded: dict, eval_sets: dict, save_
         path = save_retrieval_grid(embedded[query_name], eval_sets[query_name].samples, embedded[gallery_name],
                                    eval_sets[gallery_name].samples, args.save_retrievals,
                                    save_dir / "retrievals.png", exclude_self=query_name == gallery_name,
-                                   own=own_positions(eval_sets), worst=args.worst)
+                                   own=own_positions(eval_sets), worst=args.worst,
+                                   shows=f"{args.dataset} {split} split, {weights}")
         print(f"Retrieval grid written to {path}")
 
 
@@ -455,7 +339,7 @@ def evaluate_only(args: argparse.Namespace, device: torch.device, ctx: Context =
     print_table(results)
     if ctx.is_main and (args.save_embeddings or args.save_retrievals or args.per_class):
         with claim_run_dir(args.save_dir, None, args.overwrite) as save_dir:
-            finish_eval(args, embedded, eval_sets, save_dir)
+            finish_eval(args, embedded, eval_sets, save_dir, args.load or "the initial model")
     return results
 
 
@@ -578,29 +462,35 @@ def train(args: argparse.Namespace, device: torch.device, save_dir: Path, ctx: C
         tb.log_embeddings(*next(iter(embedded.values())), epoch)
         tb.close()
     if ctx.is_main:
-        finish_run(args, embedded, eval_sets, mdr, save_dir)
+        finish_run(args, embedded, eval_sets, mdr, save_dir, epoch)
     return results
 
 
-def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: MDRLoss, save_dir: Path) -> None:
-    """The end-of-run extras: the MDR distance sample, embeddings, retrievals and plots."""
+def finish_run(args: argparse.Namespace, embedded: dict, eval_sets: dict, mdr: MDRLoss, save_dir: Path,
+               epoch: int) -> None:
+    """The end-of-run extras of the model after ``epoch`` (last.pth): the MDR distance sample, embeddings,
+    retrievals and plots."""
     if embedded:
-        save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir)
-    finish_eval(args, embedded, eval_sets, save_dir)
+        save_embedding_sample(next(iter(embedded.values()))[0], mdr, not args.l2norm, save_dir, epoch)
+    finish_eval(args, embedded, eval_sets, save_dir, f"last.pth (epoch {epoch})")
     if args.plot:
         for path in plot_run(save_dir):
             print(f"Plot written to {path}")
 
 
 def print_record(record: dict) -> None:
+    """``[Epoch N] name: value, ...``; the MDR levels one by one, named level_1, level_2, ..."""
+    shown = [(k, v) for name, value in record.items() if name != "epoch"
+             for k, v in (zip(level_names(len(value)), value) if name == "levels" else [(name, value)])]
     print("[Epoch %d] " % record["epoch"] + ", ".join(
-        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in record.items() if k != "epoch"))
+        f"{k}: {v:.5g}" if isinstance(v, float) else f"{k}: {v}" for k, v in shown))
 
 
-def cli(argv: list[str] | None = None, dataset: str = "cub200") -> int:
-    """The command line: one line on stderr and a non-zero exit code for every problem the user can fix."""
+def cli(argv: list[str] | None = None, dataset: str = "cub200", description: str | None = __doc__) -> int:
+    """The command line: one line on stderr and a non-zero exit code for every problem the user can fix;
+    ``description`` heads --help."""
     signal.signal(signal.SIGTERM, raise_terminated)
-    args = parse_args(argv, dataset)
+    args = parse_args(argv, dataset, description)
     ctx = distributed.from_environment()
     try:
         main(args)

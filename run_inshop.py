@@ -7,4 +7,4 @@ import sys
 from run import cli
 
 if __name__ == "__main__":
-    sys.exit(cli(dataset="inshop"))
+    sys.exit(cli(dataset="inshop", description=__doc__))

@@ -1,25 +1,31 @@
 """--tensorboard: training curves, the MDR state and the test embeddings in <save-dir>/tb.
 
-The only module that imports tensorboard (through ``torch.utils.tensorboard``).
+The only module that imports tensorboard (through ``torch.utils.tensorboard``). The MDR levels are tagged
+mdr/level_1, mdr/level_2, ... (``loss.mdr.level_names``), as the plots and the printed lines name them.
 """
+import shlex
 from pathlib import Path
 
 import torch
 
-from experiment.optional import require
-from loss.mdr import MDRLoss
-from tools.plot import mdr_distance_sample
+from loss.mdr import MDRLoss, level_names, mdr_distance_sample
+from optional import require
 
 PROJECTOR_SAMPLE = 10000  # test embeddings given to the projector, at most
 EPOCH_TAGS = {"loss": "epoch/loss", "mdr_loss": "epoch/mdr_term", "lr": "epoch/lr",
               "momented_mean": "mdr/running_mean", "momented_std": "mdr/running_std"}
 
 
+def viewing_command(log_dir: Path) -> str:
+    """The shell command that shows the logs in ``log_dir`` in a browser."""
+    return f"tensorboard --logdir {shlex.quote(str(log_dir))}"
+
+
 class TensorBoardLog:
     """Scalars per iteration and per epoch, a distance histogram per epoch, the embeddings at the end.
 
     Iterations are numbered over the whole run, ``(epoch - 1) * iters_per_epoch + iteration``,
-    so a resumed run continues the same curves.
+    so a resumed run continues the same curves. Opening the log prints where it is and how to view it.
     """
 
     def __init__(self, log_dir: Path, iters_per_epoch: int):
@@ -27,6 +33,7 @@ class TensorBoardLog:
         writer = require("torch.utils.tensorboard", "tensorboard", "--tensorboard").SummaryWriter
         self.writer = writer(str(log_dir))
         self.iters_per_epoch = iters_per_epoch
+        print(f"TensorBoard logs go to {log_dir}; view them with: {viewing_command(log_dir)}")
 
     def log_iteration(self, epoch: int, iteration: int, loss: float, mdr_term: float, lr: float) -> None:
         """The base loss, the MDR term (lambda * MDR + nu * sum of squared levels) and the lr of one step."""
@@ -42,8 +49,8 @@ class TensorBoardLog:
         for name, value in record.items():
             if name not in ("epoch", "levels"):
                 self.writer.add_scalar(EPOCH_TAGS.get(name, f"metrics/{name}"), value, epoch)
-        for i, level in enumerate(record["levels"]):
-            self.writer.add_scalar(f"mdr/level_{i}", level, epoch)
+        for name, level in zip(level_names(len(record["levels"])), record["levels"]):
+            self.writer.add_scalar(f"mdr/{name}", level, epoch)
         if test_embeddings is not None:
             distances = mdr_distance_sample(test_embeddings, float(mdr.momented_mean), float(mdr.momented_std),
                                             mean_scaled)

@@ -108,11 +108,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load", required=True, metavar="WEIGHTS",
                         help="weights: a run's best.pth, last.pth or checkpoint.pth (its flags are read from the run), "
                              "the authors' .pth or a DataParallel state_dict")
-    parser.add_argument("--backbone", choices=BACKBONES, default="bninception")
-    parser.add_argument("--embedding-size", type=bounded_int(1), default=512)
-    parser.add_argument("--l2norm", action="store_true", help="L2-normalised embeddings (Triplet+L2Norm)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="bninception",
+                        help="network under the embedding head (default: the run's, else bninception)")
+    parser.add_argument("--embedding-size", type=bounded_int(1), default=512,
+                        help="dimension of the embeddings (default: the run's, else 512)")
+    parser.add_argument("--l2norm", action="store_true",
+                        help="L2-normalised embeddings (Triplet+L2Norm; default: the run's, else off)")
     parser.add_argument("--image-size", type=bounded_int(32), default=None,
-                        help="crop side (default 224, or a timm model's resolution)")
+                        help="crop side (default: the run's, else 224 or a timm model's resolution)")
 
 
 def add_extraction_flags(parser: argparse.ArgumentParser, amp: bool = True) -> None:
@@ -120,7 +123,7 @@ def add_extraction_flags(parser: argparse.ArgumentParser, amp: bool = True) -> N
     parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], default="auto",
                         help="auto picks CUDA, then MPS, then CPU")
     parser.add_argument("--workers", type=bounded_int(0), default=min(8, os.cpu_count() or 1),
-                        help="data loader processes")
+                        help="data loader processes (default: the CPU count, at most 8)")
     parser.add_argument("--eval-batch", type=bounded_int(1), default=128, help="images embedded at once")
     if amp:
         parser.add_argument("--amp", action="store_true",

@@ -8,6 +8,13 @@ from metric.distance import off_diagonal, pdist
 
 LEVELS = (-3.0, 0.0, 3.0)  # the authors' initial levels, in units of the running std of the distances
 MOMENTUM = 0.9  # the authors' momentum of the running mean and std
+SAMPLE = 1000  # eval embeddings whose distances mdr_distance_sample draws
+
+
+def level_names(count: int) -> list[str]:
+    """The names of MDR's levels everywhere (TensorBoard tags, plots, printed lines): level_1, level_2, ...,
+    in the order of ``MDRLoss.levels`` and of a metrics.jsonl record's "levels" list."""
+    return [f"level_{i}" for i in range(1, count + 1)]
 
 
 class MDRLoss(nn.Module):
@@ -61,3 +68,20 @@ class MDRLoss(nn.Module):
     def regularizer(self, embeddings: torch.Tensor, lambda_mdr: float, nu_mdr: float) -> torch.Tensor:
         """Scalar ``lambda_mdr * MDR(embeddings) + nu_mdr * sum(levels ** 2)``."""
         return lambda_mdr * self(embeddings) + nu_mdr * self.level_penalty()
+
+
+def mdr_distance_sample(embeddings: torch.Tensor, momented_mean: float, momented_std: float,
+                        mean_scaled: bool, seed: int = 0) -> torch.Tensor:
+    """Normalised off-diagonal distances, as MDR sees them, of up to SAMPLE of the (N, D) eval
+    embeddings: (S * (S - 1),) float32 in running standard deviations, S = min(N, SAMPLE).
+
+    ``mean_scaled``: the head divides training outputs by their mean pairwise
+    distance (the default head, not --l2norm), so the sample is scaled the same
+    way before the running mean and std are applied.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(embeddings), generator=g)[:SAMPLE]
+    dist = off_diagonal(pdist(embeddings.float().cpu()[pick]))
+    if mean_scaled:
+        dist = dist / dist.mean()
+    return (dist - momented_mean) / momented_std

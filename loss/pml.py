@@ -11,7 +11,7 @@ import inspect
 from torch import nn
 
 from errors import UserError
-from experiment.optional import require
+from optional import require
 
 # --loss name -> (pytorch_metric_learning.losses class, needs num_classes and embedding_size)
 PML_LOSSES: dict[str, tuple[str, bool]] = {

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from errors import UserError
-from experiment.optional import require
+from optional import require
 from model.checkpoint import read_weights_file
 from model.pretrained import load_pretrained
 

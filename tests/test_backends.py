@@ -11,6 +11,7 @@ import torch
 
 import run
 from experiment.device import configure_backends
+from experiment.flags import get_args_parser
 from minidata import make_cub
 from small_run import SMALL, run_main
 
@@ -56,4 +57,4 @@ def test_no_tf32_is_recorded_in_config_json_and_holds_while_the_network_trains(b
     assert seen == [True, False]
     records = [json.loads((tmp_path / name / "config.json").read_text())["flags"] for name in ("default", "ieee")]
     assert [r["tf32"] for r in records] == [True, False]
-    assert "--no-tf32" in run.get_args_parser().format_help()
+    assert "--no-tf32" in get_args_parser().format_help()

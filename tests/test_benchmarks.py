@@ -11,6 +11,7 @@ import run
 from dataset import CUB200, Cars196, Folder, InShop, StanfordOnlineProducts
 from dataset.benchmark import Remote
 from errors import UserError
+from experiment.flags import get_args_parser
 from http_server import serve
 from minidata import make_cars, make_cub, make_folder, make_inshop, make_sop, tar_tree, zip_tree
 from small_run import BACKBONE
@@ -111,7 +112,7 @@ def test_the_authors_cub_mdr_command_trains_the_default_bninception(tmp_path):
 def test_inshop_eval_mode_is_query_to_gallery(local_sources, data_root, tmp_path, capsys):
     _place_inshop_by_hand(local_sources, data_root)
     argv = ["--mode", "eval", "--recall", "1", "2"] + SMALL + ["--data", str(data_root)]
-    results = run.main(run.get_args_parser("inshop").parse_args(argv))
+    results = run.main(get_args_parser("inshop").parse_args(argv))
     out = capsys.readouterr().out
     assert "Number of images in Query set: 6" in out and "Number of images in Gallery set: 6" in out
     assert set(results) == {"Recall@1", "Recall@2"}

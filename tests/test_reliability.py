@@ -17,8 +17,8 @@ from minidata import make_cub
 from model import build_model
 from model import checkpoint
 from model.checkpoint import load_model_weights, read_weights_file, save_atomic
-from tools import plot
 from small_run import SMALL as SMALL_RUN
+from tools import plot, retrievals
 
 SMALL = SMALL_RUN + ["--embedding-size", "32", "--lambda-mdr", "0.6", "--nu-mdr", "0.01", "--lr-decay-epochs", "2"]
 
@@ -134,8 +134,14 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(cub_root, tmp_path, monkeypatch, c
     assert read_weights_file(save / "checkpoint.pth")["epoch"] == 3
 
 
-def test_plots_retrieval_grid_and_embeddings(cub_root, tmp_path, capsys):
-    save = tmp_path / "run"
+def test_plots_retrieval_grid_and_embeddings(cub_root, tmp_path, capsys, monkeypatch):
+    save, titles, draw = tmp_path / "run", [], retrievals.draw_grid
+
+    def titled(rows, out, title=None):
+        titles.append(title)
+        return draw(rows, out, title)
+
+    monkeypatch.setattr(retrievals, "draw_grid", titled)
     _main(SMALL + ["--data", str(cub_root), "--save-dir", str(save), "--epochs", "2", "--plot",
                    "--save-retrievals", "4", "--save-embeddings"])
     for name, min_size in (("curves.png", (1000, 300)), ("mdr_histogram.png", (500, 300)),
@@ -146,6 +152,8 @@ def test_plots_retrieval_grid_and_embeddings(cub_root, tmp_path, capsys):
     embedded = torch.load(save / "embeddings.pt", weights_only=True)
     assert embedded["test"]["embeddings"].shape == (12, 32) and embedded["test"]["labels"].shape == (12,)
     assert plot.main([str(save)]) == 0
+    assert titles == ["cub200 test split, last.pth (epoch 2): 4 evenly spaced queries and their top 5 retrievals"]
+    assert read_weights_file(save / "mdr_distances.pt")["epoch"] == 2  # the histogram's title names it
 
 
 def test_retrieval_borders_are_green_for_matches(tmp_path):

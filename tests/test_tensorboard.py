@@ -19,22 +19,25 @@ def _events(folder):
     return events
 
 
-def test_event_files_hold_the_named_scalars_histogram_and_embeddings(tmp_path):
+def test_event_files_hold_the_named_scalars_histogram_and_embeddings(tmp_path, capsys):
     root, save = make_cub(tmp_path / "data"), tmp_path / "run"
     run.main(run.parse_args(SMALL + ["--data", str(root), "--save-dir", str(save), "--epochs", "1"]))
     run.main(run.parse_args(SMALL + ["--data", str(root), "--resume", str(save), "--epochs", "2", "--tensorboard"]))
     events = _events(save / "tb")
     per_iteration = {"iteration/loss", "iteration/mdr_term", "iteration/lr"}
     per_epoch = {"metrics/Recall@1", "metrics/Recall@2", "metrics/MAP@R", "metrics/R-Precision", "metrics/NMI",
-                 "epoch/loss", "epoch/mdr_term", "epoch/lr", "mdr/level_0", "mdr/level_1", "mdr/level_2",
+                 "epoch/loss", "epoch/mdr_term", "epoch/lr", "mdr/level_1", "mdr/level_2", "mdr/level_3",
                  "mdr/running_mean", "mdr/running_std"}
-    assert per_iteration | per_epoch <= set(events.Tags()["scalars"])
+    assert per_iteration | per_epoch <= set(events.Tags()["scalars"]) and "mdr/level_0" not in events.Tags()["scalars"]
+    out = capsys.readouterr().out  # where the logs are, and the command that shows them
+    assert f"TensorBoard logs go to {save / 'tb'}; view them with: tensorboard --logdir {save / 'tb'}\n" in out
+    assert "level_1: " in out and "level_3: " in out and "levels: " not in out  # the printed names are the tags'
     assert [e.step for e in events.Scalars("iteration/loss")] == [2, 3]  # epoch 2 of the resumed run
     assert events.Scalars("iteration/lr")[0].value == pytest.approx(1e-3)
     history = run.read_checkpoint(save / "checkpoint.pth")["history"]
     for tag, key in (("metrics/Recall@1", "Recall@1"), ("mdr/running_std", "momented_std")):
         assert [(e.step, e.value) for e in events.Scalars(tag)] == [(2, pytest.approx(history[-1][key]))]
-    assert [e.value for e in events.Scalars("mdr/level_2")] == [pytest.approx(history[-1]["levels"][2])]
+    assert [e.value for e in events.Scalars("mdr/level_3")] == [pytest.approx(history[-1]["levels"][2])]
     assert events.Tags()["histograms"] == ["mdr/normalized_test_distances"]
     assert (save / "tb" / "projector_config.pbtxt").is_file()
     metadata = next((save / "tb").glob("*/test_embeddings/metadata.tsv")).read_text().split()

@@ -27,7 +27,7 @@ from torch import nn
 
 from dataset.transforms import ToNormalizedTensor, model_input, resize_size
 from errors import UserError
-from experiment.flags import given_flags
+from experiment.cli import ArgumentParser, exit_status, parse_noting_given
 from experiment.trained_model import (
     ModelSpec,
     add_model_flags,
@@ -70,19 +70,17 @@ class Uint8Model(nn.Module):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("tools.export", __doc__)
     add_model_flags(p)
-    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True,
+                   help="torchscript (torch.jit), or onnx (pip install onnx onnxscript onnxruntime)")
     p.add_argument("--out", required=True, metavar="FILE", help="the exported file (written only if it checks out)")
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = get_args_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args._given = given_flags(parser, argv)
-    return args
+    """The flags (``sys.argv[1:]`` when None), with ``_given``: those typed, which the run's own do not override."""
+    return parse_noting_given(get_args_parser(), argv)
 
 
 def to_torchscript(module: nn.Module, example: torch.Tensor) -> bytes:
@@ -156,12 +154,7 @@ def main(args: argparse.Namespace) -> float:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: main(parse_args(argv)))
 
 
 if __name__ == "__main__":

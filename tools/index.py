@@ -27,7 +27,7 @@ import numpy as np
 from dataset.image_source import Source, read_source
 from errors import UserError
 from experiment.config import git_commit
-from experiment.flags import given_flags
+from experiment.cli import ArgumentParser, exit_status, parse_noting_given
 from experiment.trained_model import (
     Embedder,
     ModelSpec,
@@ -43,7 +43,7 @@ FORMAT = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("tools.index", __doc__)
     add_model_flags(p)
     p.add_argument("--images", required=True, metavar="SOURCE",
                    help="a folder of images, a folder of class sub-folders, or a text file of image paths")
@@ -55,11 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = get_args_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args._given = given_flags(parser, argv)
-    return args
+    """The flags (``sys.argv[1:]`` when None), with ``_given``: those typed, which the run's own do not override."""
+    return parse_noting_given(get_args_parser(), argv)
 
 
 def index_meta(spec: ModelSpec, amp: bool, source_root: Path) -> dict:
@@ -168,15 +165,8 @@ def fill(staging: index_dir.Staging, plan: Plan, previous: index_dir.Stored | No
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        build(parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the previous index (if any) is unchanged", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: build(parse_args(argv)),
+                       interrupted="interrupted; the previous index (if any) is unchanged")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from dataset.benchmark import class_folders, folder_samples
 from dataset.folder import split_folders
 from errors import UserError
+from experiment.cli import ArgumentParser, exit_status
 from experiment.flags import bounded_int, finite_float
 from experiment.run_dir import write_text_atomic
 
@@ -28,17 +29,17 @@ NAMES_SHOWN = 20
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("tools.manifest", __doc__)
     p.add_argument("dir", metavar="DIR", help="image folder: one sub-folder per class, or split folders")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="the manifest to write")
     test = p.add_mutually_exclusive_group()
     test.add_argument("--test-fraction", type=finite_float(True), default=None, metavar="F",
-                      help="fraction of the classes that test (default 0.5)")
+                      help="fraction of the classes that test (default: 0.5)")
     test.add_argument("--test-classes", type=bounded_int(1), default=None, metavar="N", help="number of test classes")
     p.add_argument("--query-fraction", type=finite_float(True), default=None, metavar="F",
                    help="fraction of each test class's images that are queries, the rest its gallery "
                         "(default: none, self-retrieval on the test images)")
-    p.add_argument("--seed", type=bounded_int(0), default=0, help="seed of the drawn split (default 0)")
+    p.add_argument("--seed", type=bounded_int(0), default=0, help="seed of the drawn split")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return p
 
@@ -144,13 +145,7 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: main(get_args_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

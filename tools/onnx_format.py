@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from errors import UserError
-from experiment.optional import require
+from optional import require
 
 PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # torch.onnx.export needs the first two, the self-check the third
 

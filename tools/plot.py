@@ -14,42 +14,29 @@ interval as a band; methods without that flag are drawn as horizontal lines.
 """
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from errors import UserError
+from experiment.cli import ArgumentParser, exit_status
 from experiment.run_dir import read_history, selection_key
-from metric.distance import off_diagonal, pdist
+from loss.mdr import MDRLoss, level_names, mdr_distance_sample
 from model.checkpoint import read_weights_file, save_atomic
 from tools.report import SELECTIONS, Grid, Group, find_runs, grid_label, group_runs, recall_ks
 from tools.grid import value_order
 from tools.seed_stats import Summary, ci_halfwidth, summarize
 
-SAMPLE = 1000
 
-
-def mdr_distance_sample(embeddings: torch.Tensor, momented_mean: float, momented_std: float,
-                        mean_scaled: bool, seed: int = 0) -> torch.Tensor:
-    """Normalised off-diagonal distances, as MDR sees them, of up to 1000 of the (N, D) eval embeddings.
-
-    ``mean_scaled``: the head divides training outputs by their mean pairwise
-    distance (the default head, not --l2norm), so the sample is scaled the same
-    way before the running mean and std are applied.
-    """
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(embeddings), generator=g)[:SAMPLE]
-    dist = off_diagonal(pdist(embeddings.float().cpu()[pick]))
-    if mean_scaled:
-        dist = dist / dist.mean()
-    return (dist - momented_mean) / momented_std
-
-
-def save_embedding_sample(embeddings: torch.Tensor, mdr, mean_scaled: bool, save_dir: Path) -> Path:
-    """Write the normalised distance sample and the MDR levels for the histogram."""
+def save_embedding_sample(embeddings: torch.Tensor, mdr: MDRLoss, mean_scaled: bool, save_dir: Path,
+                          epoch: int) -> Path:
+    """Write the normalised distance sample of the model after ``epoch`` (last.pth) and its MDR levels for the
+    histogram."""
     path = save_dir / "mdr_distances.pt"
     sample = mdr_distance_sample(embeddings, float(mdr.momented_mean), float(mdr.momented_std), mean_scaled)
-    save_atomic({"distances": sample, "levels": mdr.levels.detach().cpu()}, path)
+    save_atomic({"distances": sample, "levels": mdr.levels.detach().cpu(), "epoch": epoch}, path)
     return path
 
 
@@ -93,45 +80,70 @@ def save_figure(fig, out: Path) -> Path:
     return out
 
 
+def _epoch_series(ax, records: list[dict], values: list[float], label: str) -> None:
+    """One curve over ``records``' epochs; its epoch 0 value (the model before training) as a separate point."""
+    epochs = [r["epoch"] for r in records]
+    line, = ax.plot(epochs, values, marker=".", label=label)
+    if epochs and epochs[0] == 0:
+        ax.plot(epochs[:1], values[:1], "o", markersize=8, color=line.get_color(), markerfacecolor="white")
+
+
 def plot_curves(records: list[dict], out: Path) -> Path:
-    """Losses and MDR levels per trained epoch, Recall@K per evaluated epoch (epoch 0 is evaluated, not trained)."""
+    """Losses per trained epoch; Recall@K and the MDR levels per evaluated epoch, from epoch 0, the model
+    before training (an open circle), on."""
     plt = _pyplot()
     trained = [r for r in records if "loss" in r]
     recall_keys = sorted({k for r in records for k in r if k.startswith("Recall@")}, key=lambda k: int(k[7:]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot([r["epoch"] for r in trained], [r["loss"] for r in trained], label="base loss")
-    axes[0].plot([r["epoch"] for r in trained], [r["mdr_loss"] for r in trained], label="MDR term")
-    axes[0].set_title("loss")
+    axes[0].plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker=".", label="base loss")
+    axes[0].plot([r["epoch"] for r in trained], [r["mdr_loss"] for r in trained], marker=".", label="MDR term")
+    axes[0].set_title("Training loss")
+    axes[0].set_ylabel("loss, mean over the epoch's batches")
     for key in recall_keys:  # epochs skipped by --eval-every have no recall
         evaluated = [r for r in records if key in r]
-        axes[1].plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker=".", label=key)
-    axes[1].set_title("recall (%)")
+        _epoch_series(axes[1], evaluated, [r[key] for r in evaluated], key)
+    axes[1].set_title("Test recall (epoch 0: before training)")
+    axes[1].set_ylabel("Recall@K (%)")
     with_levels = [r for r in records if "levels" in r]
-    for i, series in enumerate(zip(*[r["levels"] for r in with_levels])):
-        axes[2].plot([r["epoch"] for r in with_levels], series, label=f"level {i + 1}")
+    for name, series in zip(level_names(len(with_levels[0]["levels"]) if with_levels else 0),
+                            zip(*[r["levels"] for r in with_levels])):
+        _epoch_series(axes[2], with_levels, list(series), name)
     axes[2].set_title("MDR levels")
+    axes[2].set_ylabel("level (running std of distances)")
     return save_epoch_figure(fig, axes, out)
 
 
 def save_epoch_figure(fig, axes, out: Path) -> Path:
-    """Label every x axis "epoch", add legends and grids, and write ``fig`` to ``out``."""
+    """Label every x axis "epoch" with integer ticks, add legends and grids, and write ``fig`` to ``out``."""
+    from matplotlib.ticker import MaxNLocator
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     return save_figure(fig, out)
 
 
+def histogram_title(epoch: int | None) -> str:
+    """What mdr_histogram.png shows: the model after ``epoch`` (None: a sample of a run from before the epoch
+    was recorded), which is the run's last.pth."""
+    when = f"after epoch {epoch} (last.pth)" if epoch is not None else "at the end of the run (last.pth)"
+    return f"Test distances and MDR levels {when}"
+
+
 def plot_histogram(sample: dict, out: Path) -> Path:
+    """The sample's normalised distances and a dashed line, named, at each MDR level."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(sample["distances"].numpy(), bins=100, color="steelblue", alpha=0.8)
-    for i, level in enumerate(sample["levels"].tolist()):
-        ax.axvline(level, color="crimson", linestyle="--", label="levels" if i == 0 else None)
-    ax.set_xlabel("normalised pairwise distance")
-    ax.set_ylabel("pairs")
-    ax.set_title("Pairwise distances of test embeddings and the MDR levels")
-    ax.legend()
+    for i, (name, level) in enumerate(zip(level_names(len(sample["levels"])), sample["levels"].tolist())):
+        ax.axvline(level, color="crimson", linestyle="--", label="MDR levels" if i == 0 else None)
+        ax.annotate(f"{name}\n{level:.2f}", (level, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", va="top", fontsize=8, color="crimson")
+    ax.set_xlabel("pairwise distance, normalised by MDR's running mean and std")
+    ax.set_ylabel("pairs of test images")
+    ax.set_title(histogram_title(sample.get("epoch")))
+    ax.legend(loc="upper left")
     return save_figure(fig, out)
 
 
@@ -265,39 +277,41 @@ def plot_against(paths: list[str], out: Path, flag: str, selection: str = "best"
     return save_figure(fig, out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("tools.plot", __doc__)
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a --save-dir of run.py (with --compare: "
                                                                     "run folders or folders holding them)")
     parser.add_argument("--compare", action="store_true", help="one figure comparing the methods over seeds")
-    parser.add_argument("--out", default="comparison.png", help="the --compare figure (default comparison.png)")
+    parser.add_argument("--out", default="comparison.png", help="the --compare figure")
     parser.add_argument("--against", metavar="FLAG", default=None,
                         help="with --compare: Recall@1 against the values of this grid flag of tools.sweep --grid "
                              "(e.g. lambda-mdr) instead of over epochs")
     parser.add_argument("--selection", choices=[s for s, _ in SELECTIONS], default="best",
-                        help="with --against: the epoch of each run (default best, the authors' protocol)")
-    args = parser.parse_args(argv)
-    failed = False
-    try:
-        if args.compare:
-            out = check_out(Path(args.out))
-            print(plot_against(args.paths, out, args.against, args.selection) if args.against
-                  else plot_comparison(args.paths, out))
-            return 0
-        if args.against:
-            raise UserError("--against draws a comparison; add --compare")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for run_dir in args.paths:
-        for draw in RUN_PLOTS:
-            try:
-                for path in draw(Path(run_dir)):
-                    print(path)
-            except UserError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                failed = True
-    return 1 if failed else 0
+                        help="with --against: the epoch of each run (best: the authors' protocol)")
+    return parser
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--compare: draw the comparison figure and print its path."""
+    if not args.compare:
+        raise UserError("--against draws a comparison; add --compare")
+    out = check_out(Path(args.out))
+    print(plot_against(args.paths, out, args.against, args.selection) if args.against
+          else plot_comparison(args.paths, out))
+
+
+def print_plots(draw: Callable[[Path], list[Path]], run_dir: Path) -> None:
+    """Draw one of RUN_PLOTS of ``run_dir`` and print the path of each figure written."""
+    for path in draw(run_dir):
+        print(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Each figure printed as it is written; one that cannot be drawn is one error line, the others still are."""
+    args = get_args_parser().parse_args(argv)
+    if args.compare or args.against:
+        return exit_status(lambda: compare(args))
+    return max(exit_status(partial(print_plots, draw, Path(run_dir))) for run_dir in args.paths for draw in RUN_PLOTS)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 
 from errors import UserError
+from experiment.cli import ArgumentParser, exit_status
 from experiment.config import CONFIG_NAME, METHOD_NAMES, method_name, read_run_config
 from experiment.resume import NO_EFFECT, recorded_flags
 from experiment.run_dir import read_best, read_history, selection_key
@@ -340,24 +341,29 @@ def report(paths: list[str], fmt: str = "markdown", baseline: str | None = None)
     return render(groups, fmt, baseline), notes(groups, [r for r in runs if not r.finished], skipped)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_ROOT")
-    parser.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("tools.report", __doc__)
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_ROOT",
+                        help="run folders, or folders holding them (e.g. result/)")
+    parser.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown",
+                        help="the table's format")
     parser.add_argument("--baseline", metavar="METHOD", default=None,
                         help="compare every other row with this method (as the table names it, e.g. Triplet, or "
                              f"a sweep method: triplet, l2norm, mdr): mean difference and paired t-test p-value "
                              f"over the common seeds (n/a below {MIN_PAIRED_SEEDS})")
-    args = parser.parse_args(argv)
-    try:
-        table, remarks = report(args.paths, args.format, args.baseline)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return parser
+
+
+def show(table: str, remarks: str) -> None:
+    """The table on stdout, the notes on flagged, unfinished and skipped runs on stderr."""
     print(table, end="")
     if remarks:
         print(remarks, file=sys.stderr)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return exit_status(lambda: show(*report(args.paths, args.format, args.baseline)))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch
 
 from dataset.image_source import read_source
 from errors import UserError
+from experiment.cli import ArgumentParser, exit_status
 from experiment.flags import bounded_int, finite_float
 from experiment.trained_model import Embedder, add_extraction_flags, spec_from_flags
 from metric.knn import nearest_neighbors
@@ -111,7 +112,7 @@ class Index:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("tools.search", __doc__)
     p.add_argument("--index", required=True, metavar="INDEX_DIR", help="a folder built by tools.index")
     p.add_argument("--query", required=True, metavar="QUERY", help="an image, a folder or a text file of paths")
     p.add_argument("--k", type=bounded_int(1), default=10, help="neighbours per query")
@@ -203,12 +204,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(get_args_parser().parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(lambda: main(get_args_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import run
 from dataset import DATASETS
 from errors import UserError
+from experiment.cli import ArgumentParser
 from experiment.config import CONFIG_NAME, METHOD_NAMES, read_run_config
+from experiment.flags import get_args_parser as run_args_parser, parse_args as parse_run_args
 from experiment.run_dir import RUN_FILES, read_history
 from tools.grid import Point, folder_name, parse_grid, point_flags, points
 
@@ -81,7 +82,7 @@ def unusable(run_dir: Path) -> str | None:
 
 def planned_epochs(dataset: str, flags: list[str]) -> int:
     """--epochs of a run with ``flags``, as run.py parses them (which also checks them)."""
-    return run.parse_args(flags, "inshop" if dataset == "inshop" else "cub200").epochs
+    return parse_run_args(flags, "inshop" if dataset == "inshop" else "cub200").epochs
 
 
 def command(dataset: str, flags: list[str], run_dir: Path) -> list[str] | None:
@@ -125,22 +126,27 @@ def execute(cmd: list[str]) -> int:
     return subprocess.run(cmd).returncode
 
 
-def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The sweep's own flags, and the run.py flags after ``--``."""
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser("tools.sweep", __doc__)
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS),
                         help="a dataset of run.py; those the authors did not configure take CUB-200's flags")
     parser.add_argument("--seeds", type=int, nargs="+", required=True, help="one run per seed (repeats run once)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="Triplet, Triplet+L2Norm and Triplet+MDR, each with the authors' flags")
     parser.add_argument("--root", default="result", help="runs go to ROOT/DATASET/METHOD/seedN")
     parser.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2,...",
                         help="run every point of the cross product of these run.py flags' values for each method "
                              "and seed, into ROOT/DATASET/METHOD/FLAG=V,.../seedN; a flag taking several numbers "
                              "separates them by spaces, e.g. \"mdr-levels=-3 0 3,-2 0 2\"")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, one per line, and run nothing")
-    return parser.parse_args(own), extra
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The sweep's own flags, and the run.py flags after ``--``."""
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    return get_args_parser().parse_args(own), extra
 
 
 def planned(args: argparse.Namespace, extra: list[str]) -> tuple[list, list]:
@@ -149,8 +155,8 @@ def planned(args: argparse.Namespace, extra: list[str]) -> tuple[list, list]:
         common, lambda_mdr = AUTHORS[FALLBACK]
         print(f"[Sweep] the authors gave no configuration for {args.dataset}; each method takes CUB-200's "
               f"({' '.join(common)}; MDR: --lambda-mdr {lambda_mdr} --nu-mdr 0.01)", file=sys.stderr)
-    grid = [(flag, unique(values, f"--grid {flag}")) for flag, values in parse_grid(args.grid, run.get_args_parser(),
-                                                                                    extra)]
+    grid = [(flag, unique(values, f"--grid {flag}"))
+            for flag, values in parse_grid(args.grid, run_args_parser(), extra)]
     return plan(args.dataset, unique(args.seeds, "--seeds"), unique(args.methods, "--methods"), Path(args.root),
                 extra, points(grid))
 
