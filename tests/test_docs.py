@@ -180,9 +180,9 @@ def quick_start() -> tuple[list[list[str]], str]:
     """(the commands of the README's quick-start code block, the section's prose)."""
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Quick start", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     commands = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
-    return [c for c in commands if c], re.sub(r"```.*?```", "", section, flags=re.S)
+    return [c for c in commands if c], re.sub(r"```.*?```", "", section, flags=re.DOTALL)
 
 
 def run_command(argv: list[str]) -> None:
@@ -190,10 +190,10 @@ def run_command(argv: list[str]) -> None:
     assert argv[0] in (".venv/bin/python", "python"), argv
     if argv[1] == "-m":
         sys.argv = [argv[2]] + argv[3:]
-        call = lambda: runpy.run_module(argv[2], run_name="__main__")  # noqa: E731
+        call = lambda: runpy.run_module(argv[2], run_name="__main__")
     else:
         sys.argv = argv[1:]
-        call = lambda: runpy.run_path(str(ROOT / argv[1]), run_name="__main__")  # noqa: E731
+        call = lambda: runpy.run_path(str(ROOT / argv[1]), run_name="__main__")
     handler = signal.getsignal(signal.SIGTERM)
     try:
         with warnings.catch_warnings():
@@ -218,5 +218,5 @@ def test_the_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     named = set(re.findall(r"`(toy_run/[\w.]+)`", prose))
     assert {"toy_run/curves.png", "toy_run/retrievals.png", "toy_run/result.txt"} <= named
     assert [n for n in sorted(named) if not (tmp_path / n).is_file()] == []
-    assert re.search(r"^\| folder \| Triplet\+MDR \| best epoch", out, re.M), out[-2000:]
+    assert re.search(r"^\| folder \| Triplet\+MDR \| best epoch", out, re.MULTILINE), out[-2000:]
     assert "Best Recall@1" in (tmp_path / "toy_run" / "result.txt").read_text()
