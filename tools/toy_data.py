@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from errors import UserError
+from experiment.cli import ArgumentParser, exit_status
 from experiment.flags import bounded_int
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 200, 40),
@@ -80,26 +81,26 @@ def write_toy_set(out: Path, classes: int = 8, images: int = 12, size: int = 64,
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser("tools.toy_data", __doc__)
     p.add_argument("dir", metavar="DIR", help="the folder to create (absent or empty)")
-    p.add_argument("--classes", type=bounded_int(4), default=8, help="number of classes (default 8; "
-                   "--dataset folder trains on the first half and tests on the rest)")
-    p.add_argument("--images", type=bounded_int(2), default=12, help="images per class (default 12)")
-    p.add_argument("--size", type=bounded_int(32), default=64, help="image side in pixels (default 64)")
-    p.add_argument("--seed", type=bounded_int(0), default=0, help="the pixels depend on it alone (default 0)")
+    p.add_argument("--classes", type=bounded_int(4), default=8,
+                   help="number of classes (--dataset folder trains on the first half and tests on the rest)")
+    p.add_argument("--images", type=bounded_int(2), default=12, help="images per class")
+    p.add_argument("--size", type=bounded_int(32), default=64, help="image side in pixels")
+    p.add_argument("--seed", type=bounded_int(0), default=0, help="the pixels depend on it alone")
     return p
 
 
-def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        out = write_toy_set(Path(args.dir), args.classes, args.images, args.size, args.seed)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+def main(args: argparse.Namespace) -> Path:
+    """Write the set ``args`` describe and say where it is."""
+    out = write_toy_set(Path(args.dir), args.classes, args.images, args.size, args.seed)
     print(f"[Toy data] wrote {out}: {args.classes} classes of {args.images} {args.size}x{args.size} images; "
           f"train on it with run.py --dataset folder --data {out}")
-    return 0
+    return out
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return exit_status(lambda: main(get_args_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
