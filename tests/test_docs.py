@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import run
 from dataset import DATASETS
+from experiment.flags import get_args_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
@@ -102,7 +102,7 @@ def test_every_flag_of_a_command_is_in_docs_flags_md_and_no_other(command, monke
 
 
 def test_run_py_takes_the_same_flags_for_every_dataset():
-    flags = {name: option_strings(run.get_args_parser(name)) for name in DATASETS}
+    flags = {name: option_strings(get_args_parser(name)) for name in DATASETS}
     assert len({frozenset(f) for f in flags.values()}) == 1, flags
 
 
