@@ -44,7 +44,7 @@ from metric.retrieval import retrieval_metrics
 from model import build_model
 from model.batchnorm import freeze_batchnorm
 from model.checkpoint import load_model_weights, save_atomic
-from tools.plot import plot_run, save_embedding_sample
+from tools.plot import check_plotting, plot_run, save_embedding_sample
 from tools.retrievals import save_retrieval_grid
 
 class NonFiniteLoss(UserError):
@@ -286,6 +286,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             return evaluate_only(args, device, ctx)
         if args.resume is None:  # a resume's --loss-args are the run's own: the flag check refuses others
             distributed.on_main(ctx, lambda: check_criterion(args))
+        if args.plot:
+            check_plotting()
         save_dir = distributed.on_main(ctx, lambda: stack.enter_context(
             claim_run_dir(args.save_dir, args.resume, args.overwrite)))
         print(f"Run folder: {save_dir}")

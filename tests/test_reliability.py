@@ -4,6 +4,7 @@ import io
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,15 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_previou
     monkeypatch.undo()
     _main(SMALL + ["--data", str(cub_root), "--resume", str(save), "--epochs", "3"])
     assert read_weights_file(save / "checkpoint.pth")["epoch"] == 3
+
+
+def test_missing_matplotlib_stops_a_plot_run_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(run, "train", lambda *a, **k: pytest.fail("trained although --plot cannot draw"))
+    code = run.cli(SMALL + ["--data", str(make_cub(tmp_path / "data")), "--save-dir", str(tmp_path / "run"),
+                            "--epochs", "1", "--plot"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "--plot, tools.plot) needs the optional package matplotlib" in err and "pip install matplotlib" in err
+    with pytest.raises(UserError, match="pip install matplotlib"):  # tools.plot's figures too
+        plot.check_plotting()

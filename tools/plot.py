@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from errors import UserError
+from optional import require
 from experiment.cli import ArgumentParser, exit_status
 from experiment.run_dir import read_history, selection_key
 from loss.mdr import MDRLoss, level_names, mdr_distance_sample
@@ -48,11 +49,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, imported only when a plot is drawn."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+    """matplotlib's pyplot on the file-only Agg backend, imported only when a plot is drawn; a one-line install
+    hint when matplotlib is missing (run.py checks it before training with --plot)."""
+    require("matplotlib", "matplotlib", "drawing plots (--plot, tools.plot)").use("Agg")
+    return require("matplotlib.pyplot", "matplotlib", "drawing plots (--plot, tools.plot)")
+
+
+def check_plotting() -> None:
+    """Raise the install hint now, not after a training run, when --plot cannot draw."""
+    _pyplot()
 
 
 def check_out(out: Path) -> Path:
@@ -115,7 +120,7 @@ def plot_curves(records: list[dict], out: Path) -> Path:
 
 def save_epoch_figure(fig, axes, out: Path) -> Path:
     """Label every x axis "epoch" with integer ticks, add legends and grids, and write ``fig`` to ``out``."""
-    from matplotlib.ticker import MaxNLocator
+    MaxNLocator = require("matplotlib.ticker", "matplotlib", "drawing plots (--plot, tools.plot)").MaxNLocator
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
