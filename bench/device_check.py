@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import run  # noqa: E402
+from bench.timing import extraction_rate  # noqa: E402
 from dataset.transforms import device_normalization  # noqa: E402
-from experiment.device import amp_settings, configure_backends, select_device  # noqa: E402
-from experiment.extraction import extract  # noqa: E402
+from experiment.device import amp_settings, configure_backends, select_device, synchronize  # noqa: E402
 from experiment.flags import bounded_int  # noqa: E402
 from loss.mdr import MDRLoss  # noqa: E402
 from loss.sampler import build_sampler  # noqa: E402
@@ -98,11 +98,6 @@ class Row:
     passed: bool | None
     detail: str
     seconds: float = 0.0
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def he_initialised() -> dict:
@@ -275,14 +270,7 @@ def check_eval_speed(device: torch.device, sizes: Sizes) -> Row:
     configure_backends(device, deterministic=False)
     model = network(device)
     images, labels = class_images(sizes.eval_batch, 1, sizes.image)
-    batches = [(images, labels)] * sizes.eval_batches
-    normalize = device_normalization("bninception")
-    extract(model, batches[:1], "warm-up", normalize=normalize)
-    synchronize(device)
-    start = time.perf_counter()
-    extract(model, batches, "eval", normalize=normalize)
-    synchronize(device)
-    rate = sizes.eval_batch * sizes.eval_batches / (time.perf_counter() - start)
+    rate = extraction_rate(model, [(images, labels)] * sizes.eval_batches, device)
     return Row("eval", rate, "embeddings/s", None, f"batch {sizes.eval_batch}, {sizes.image} px")
 
 

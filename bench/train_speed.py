@@ -34,8 +34,8 @@ from dataset.image_list import ImageList  # noqa: E402
 from dataset.sampler import PKSampler  # noqa: E402
 from dataset.transforms import DeviceNormalize, authors_normalization  # noqa: E402
 from dataset.transforms import build_transforms, device_normalization  # noqa: E402
+from bench.timing import extraction_rate  # noqa: E402
 from experiment.device import amp_settings, select_device, synchronize  # noqa: E402
-from experiment.extraction import extract  # noqa: E402
 from experiment.flags import bounded_int  # noqa: E402
 from loss.mdr import MDRLoss  # noqa: E402
 from loss.sampler import DistanceWeighted  # noqa: E402
@@ -177,14 +177,7 @@ def eval_speed(device: torch.device, batch: int, iters: int) -> float:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     images = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8)
-    batches = [(images, torch.arange(batch))] * iters
-    normalize = device_normalization("bninception")
-    extract(model, batches[:1], "warm-up", normalize=normalize)
-    synchronize(device)
-    start = time.perf_counter()
-    extract(model, batches, "eval", normalize=normalize)
-    synchronize(device)
-    return batch * iters / (time.perf_counter() - start)
+    return extraction_rate(model, [(images, torch.arange(batch))] * iters, device)
 
 
 def epoch_speed(device, samples, cache_dir, batch: int, iters: int, workers: int, amp: bool) -> float:
