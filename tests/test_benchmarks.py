@@ -1,6 +1,5 @@
 """Every benchmark through the real path: local server -> download -> checksum -> extract -> parse -> train."""
 import hashlib
-import json
 import shlex
 import shutil
 
@@ -94,19 +93,6 @@ def test_authors_training_commands_run_on_every_benchmark(dataset, local_sources
         results = run.main(args)
         assert set(results) == {f"Recall@{k}" for k in args.recall}
         assert (tmp_path / str(i) / "result.txt").is_file()
-
-
-def test_the_authors_cub_mdr_command_trains_the_default_bninception(tmp_path):
-    """The command users run, with no --backbone: BN-Inception end to end through run.py (at 64 px, 1 iteration)."""
-    default = [f for f in SMALL if f not in ("--backbone", BACKBONE)]
-    argv = shlex.split(AUTHORS_TRAINING["cub200"][2]) + default + ["--data", str(make_cub(tmp_path / "data")),
-                                                                    "--save-dir", str(tmp_path / "run")]
-    results = run.main(run.parse_args(argv))
-    assert set(results) == {"Recall@1", "Recall@2", "Recall@4", "Recall@8"}
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["flags"]["backbone"] == "bninception" and config["flags"]["lambda_mdr"] == 0.6
-    weights = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
-    assert any(key.startswith("base.model.inception_3a") for key in weights), sorted(weights)[:5]
 
 
 def test_inshop_eval_mode_is_query_to_gallery(local_sources, data_root, tmp_path, capsys):

@@ -1,5 +1,5 @@
 """bench/device_check.py, the prepared check for the first GPU, runs on the CPU with its small sizes (its run
-checks on the tests' small backbone: BN-Inception's run.py path is test_benchmarks.py's default-flags run)."""
+checks on the tests' small backbone: BN-Inception's run.py path is test_run_cub.py's)."""
 import json
 import os
 import subprocess

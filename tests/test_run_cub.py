@@ -8,7 +8,9 @@ import run
 from minidata import make_cub
 from model import build_model
 from model.checkpoint import save_atomic
+from small_run import SMALL as SMALL_RUN
 
+# The default backbone, BN-Inception, at 64 px: the configuration users run, end to end through run.py.
 SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--workers", "0", "--batch", "8",
          "--num-image-per-class", "2", "--iter-per-epoch", "2", "--eval-batch", "16"]
 
@@ -25,7 +27,7 @@ def _main(argv):
 def test_train_writes_outputs_and_eval_reproduces_recall(cub_root, tmp_path, capsys):
     save = tmp_path / "out"
     _main(["--dataset", "cub200", "--lr", "5e-5", "--recall", "1", "2", "4", "8", "--lambda-mdr", "0.6",
-           "--nu-mdr", "0.01", "--epochs", "2", "--data", str(cub_root), "--save-dir", str(save)] + SMALL)
+           "--nu-mdr", "0.01", "--epochs", "1", "--data", str(cub_root), "--save-dir", str(save)] + SMALL)
     assert "Seed: 1" in capsys.readouterr().out
     for name in ("best.pth", "last.pth", "result.txt", "metrics.jsonl"):
         assert (save / name).is_file(), name
@@ -98,7 +100,7 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(cub_root, tmp_pat
     monkeypatch.setattr(run, "evaluate", recording)
     save = tmp_path / "out"
     _main(["--dataset", "cub200", "--epochs", "3", "--eval-every", "2", "--data", str(cub_root),
-           "--save-dir", str(save)] + SMALL)
+           "--save-dir", str(save)] + SMALL_RUN)
     assert evaluated == [0, 2, 3]
     records = [line for line in (save / "metrics.jsonl").read_text().splitlines()]
     assert ["Recall@1" in r for r in records] == [True, False, True, True]
