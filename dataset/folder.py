@@ -78,6 +78,9 @@ def _class_samples(root: Path, split: str, train_classes: int | None) -> list[tu
     """A tree of class folders: the first ``train_classes`` (default: half) by name train, the rest test."""
     classes = class_folders(root)
     cut = len(classes) // 2 if train_classes is None else train_classes
+    if len(classes) < 2:
+        raise UserError(f"{root} has {len(classes)} class folder(s) with images; --dataset folder needs one "
+                        "sub-folder of images per class, at least two (one to train, one to test)")
     if not 0 < cut < len(classes):
         raise UserError(f"{root} has {len(classes)} class folders with images; --train-classes must leave at "
                         f"least one for each split, got {cut}")

@@ -300,9 +300,13 @@ def _check_queries(table: Table, problems: _Problems) -> None:
            for label, is_query, is_gallery in zip(table.labels, table.is_query, table.is_gallery)):
         return
     if not problems.count:  # a row left out by another problem may be the missing positive
-        what = "has no test rows" if "test" not in table.splits else "has no query with a positive in the gallery"
-        problems.add(0, f"the test split {what} (another test image of the query's label), so Recall@K would be "
-                        "0: add test images of the query labels (marked is_gallery when the columns exist)")
+        if "test" not in table.splits:
+            problems.add(0, "there are no test rows, so nothing can be evaluated: give some rows the split test "
+                            "(classes not in train, as the benchmarks do)")
+        else:
+            problems.add(0, "the test split has no query with a positive in the gallery (another test image of "
+                            "the query's label), so Recall@K would be 0: add test images of the query labels "
+                            "(marked is_gallery when the columns exist)")
 
 
 def _warn(path: Path, table: Table) -> None:

@@ -147,7 +147,7 @@ def test_a_test_split_without_a_query_that_has_a_positive(tmp_path):
     single[3] = (paths[3], "b", "train")
     with pytest.raises(UserError, match="has no query with a positive"):
         read_manifest(write_manifest(tmp_path / "single.csv", single))  # self-retrieval: b and c have one image each
-    with pytest.raises(UserError, match="the test split has no test rows"):
+    with pytest.raises(UserError, match="there are no test rows, so nothing can be evaluated: give some rows"):
         read_manifest(write_manifest(tmp_path / "none.csv", [r[:3] for r in train]))
     read_manifest(write_manifest(tmp_path / "ok.csv", own_only[:3] + [(paths[3], "b", "test", 0, 1)]))
 

@@ -44,6 +44,16 @@ def test_a_tree_of_class_folders_keeps_todays_split(tmp_path, capsys):
     assert Folder(root, "train", train_classes=3).labels[-1] == 2
 
 
+def test_a_folder_without_two_class_folders_says_what_it_needs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one = make_folder(tmp_path / "one", classes=1)
+    for root, count in ((tmp_path / "empty", 0), (one, 1)):
+        with pytest.raises(UserError, match=f"{root} has {count} class folder\\(s\\) with images; --dataset folder "
+                                            "needs one sub-folder of images per class, at least two") as exc:
+            Folder(root, "train")
+        assert "--train-classes" not in str(exc.value)
+
+
 def test_train_classes_is_refused_with_split_folders(tmp_path):
     root = make_split_folders(tmp_path, {"train": {"a": 2, "b": 2}, "test": {"c": 2}})
     with pytest.raises(UserError, match=r"has split folders \(train/, test/\), which are the split; --train-classes 1 "

@@ -126,9 +126,9 @@ def test_report_adds_the_epoch_selected_on_validation(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert report.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2:] == ["| cub200 | Triplet+MDR | best epoch (authors' protocol) | 1 | 45.00 ± 0.00 |",
-                         "| cub200 | Triplet+MDR | final epoch | 1 | 45.00 ± 0.00 |",
-                         "| cub200 | Triplet+MDR | selected on validation | 1 | 40.00 ± 0.00 |"]
+    assert lines[2:] == ["| cub200 | Triplet+MDR | best epoch (authors' protocol) | 1 | 45.00 ± n/a |",
+                         "| cub200 | Triplet+MDR | final epoch | 1 | 45.00 ± n/a |",
+                         "| cub200 | Triplet+MDR | selected on validation | 1 | 40.00 ± n/a |"]
 
 
 def test_plot_compares_methods_with_the_mean_and_band_over_seeds(swept, tmp_path):

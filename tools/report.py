@@ -14,7 +14,10 @@ method has a row per model selection: the best epoch by test Recall@1 (the
 authors' protocol, the epoch result.txt names), the final epoch, and the epoch
 chosen on held-out validation classes when the runs used --val-classes.
 --baseline adds to every other row the mean difference to the baseline over
-the seeds both have and the two-sided paired t-test's p-value (n/a below 3).
+the seeds both have and the two-sided paired t-test's p-value (n/a below 3
+common seeds, or when every paired difference is the same: the t statistic is
+then undefined). The interval is Student's t, unclipped: with few seeds it can
+reach past 0 or 100, which says how little those seeds pin the mean down.
 """
 import argparse
 import csv
@@ -296,7 +299,8 @@ def cell_text(row: Row, i: int, latex: bool) -> str:
     if cell is None:
         return ""
     pm, delta = (r" $\pm$ ", r"$\Delta$") if latex else (" ± ", "Δ")
-    text = f"{cell.mean:.2f}{pm}{cell.std:.2f}" + (f" [{cell.ci[0]:.2f}, {cell.ci[1]:.2f}]" if cell.ci else "")
+    spread = f"{cell.std:.2f}" if cell.n > 1 else "n/a"  # one seed has no spread, not a spread of 0
+    text = f"{cell.mean:.2f}{pm}{spread}" + (f" [{cell.ci[0]:.2f}, {cell.ci[1]:.2f}]" if cell.ci else "")
     versus = row.versus[i] if row.versus else None
     if versus is not None:
         text += f", {delta} {versus.delta:+.2f} (p {_p(versus)}, {versus.n} seeds)"
@@ -350,7 +354,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", metavar="METHOD", default=None,
                         help="compare every other row with this method (as the table names it, e.g. Triplet, or "
                              f"a sweep method: triplet, l2norm, mdr): mean difference and paired t-test p-value "
-                             f"over the common seeds (n/a below {MIN_PAIRED_SEEDS})")
+                             f"over the common seeds (n/a below {MIN_PAIRED_SEEDS}, or when every difference is the same)")
     return parser
 
 
