@@ -75,7 +75,8 @@ def read_weights_file(path: str | Path) -> dict:
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a weights file such as {path / 'best.pth'}")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; check the path given to --load/--resume")
+        raise UserError(f"checkpoint {path} not found; check the path given (a run folder's best.pth, last.pth or "
+                        "checkpoint.pth, or the authors' .pth)")
     if not is_torch_file(path):
         raise UserError(f"{path} is not a PyTorch file (neither a torch.save zip nor a pickle); pass a .pth "
                         "weights file")

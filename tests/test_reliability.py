@@ -237,3 +237,9 @@ def test_missing_matplotlib_stops_a_plot_run_before_training(tmp_path, monkeypat
     assert "--plot, tools.plot) needs the optional package matplotlib" in err and "pip install matplotlib" in err
     with pytest.raises(UserError, match="pip install matplotlib"):  # tools.plot's figures too
         plot.check_plotting()
+
+
+def test_a_missing_weights_file_names_what_to_pass_without_flags_the_command_lacks(tmp_path):
+    with pytest.raises(UserError, match=r"nope.pth not found; check the path given \(a run folder's best.pth") as exc:
+        read_weights_file(tmp_path / "nope.pth")  # tools.index and tools.export have no --resume
+    assert "--resume" not in str(exc.value)
