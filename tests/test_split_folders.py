@@ -141,3 +141,8 @@ def test_tools_manifest_never_replaces_a_manifest_and_checks_its_flags(tmp_path,
         assert tool.cli([str(root), "--out", str(tmp_path / "n.csv"), *flags]) == 1
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+    for flag in ("--test-fraction", "--query-fraction"):  # a fraction above 1 is a typo, refused by argparse
+        with pytest.raises(SystemExit) as exc:
+            tool.cli([str(root), "--out", str(tmp_path / "n.csv"), flag, "1.5"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"argument {flag}: must be a finite number > 0 and <= 1, got 1.5" in err

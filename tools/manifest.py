@@ -33,10 +33,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="image folder: one sub-folder per class, or split folders")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="the manifest to write")
     test = p.add_mutually_exclusive_group()
-    test.add_argument("--test-fraction", type=finite_float(True), default=None, metavar="F",
+    test.add_argument("--test-fraction", type=finite_float(True, 1.0), default=None, metavar="F",
                       help="fraction of the classes that test (default: 0.5)")
     test.add_argument("--test-classes", type=bounded_int(1), default=None, metavar="N", help="number of test classes")
-    p.add_argument("--query-fraction", type=finite_float(True), default=None, metavar="F",
+    p.add_argument("--query-fraction", type=finite_float(True, 1.0), default=None, metavar="F",
                    help="fraction of each test class's images that are queries, the rest its gallery "
                         "(default: none, self-retrieval on the test images)")
     p.add_argument("--seed", type=bounded_int(0), default=0, help="seed of the drawn split")
