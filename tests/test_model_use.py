@@ -245,7 +245,7 @@ def test_a_killed_build_leaves_the_previous_index_intact(run_dir, tmp_path):
     images = gallery_tree(tmp_path / "gallery")
     build(run_dir, images, tmp_path / "idx")
     before = files_state(tmp_path / "idx")
-    for i in range(150):
+    for i in range(400):  # seconds of embedding one by one, even for the small backbone
         write(images / "class_7" / f"{i}.jpg", jpeg_bytes(7000 + i))
     proc = subprocess.Popen([sys.executable, "-m", "tools.index", "--load", str(run_dir / "best.pth"), "--images",
                              str(images), "--out", str(tmp_path / "idx"), "--device", "cpu", "--workers", "0",
@@ -256,12 +256,13 @@ def test_a_killed_build_leaves_the_previous_index_intact(run_dir, tmp_path):
     while not staged.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert staged.exists(), proc.stderr.read().decode()
-    time.sleep(0.5)
+    time.sleep(0.2)
+    assert proc.poll() is None, "the build ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert files_state(tmp_path / "idx") == before
     assert len(Index.open(tmp_path / "idx")) == 12
-    assert build(run_dir, images, tmp_path / "idx")["added"] == 150
+    assert build(run_dir, images, tmp_path / "idx")["added"] == 400
     assert not (tmp_path / "idx" / ".staged").exists()
 
 
