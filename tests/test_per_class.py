@@ -1,7 +1,8 @@
 """Per-class and class-averaged retrieval metrics against pytorch-metric-learning's AccuracyCalculator.
 
-pytorch-metric-learning (requirements-extra.txt, which CI installs) brings scikit-learn and runs its knn
-in faiss; the embeddings are continuous random data, so no two distances tie and both rankings agree.
+pytorch-metric-learning comes with requirements-extra.txt, which CI installs. Its default knn needs faiss,
+which is bench-only, so its calculator searches here with its own exact torch knn (CustomKNN, Euclidean
+LpDistance); the embeddings are continuous random data, so no two distances tie and both rankings agree.
 """
 import csv
 import io
@@ -9,7 +10,9 @@ import json
 
 import pytest
 import torch
+from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator, maybe_get_avg_of_avgs
+from pytorch_metric_learning.utils.inference import CustomKNN
 
 from metric.per_class import per_class_csv
 from metric.retrieval import per_query_metrics, retrieval_metrics
@@ -41,7 +44,8 @@ class _WithRecall(AccuracyCalculator):
 
 def _pml(query, q_labels, gallery=None, g_labels=None, **kwargs):
     calc = _WithRecall(include=("precision_at_1", "mean_average_precision_at_r", "r_precision")
-                       + tuple(f"recall_at_{k}" for k in KS), k=None, **kwargs)
+                       + tuple(f"recall_at_{k}" for k in KS), k=None,
+                       knn_func=CustomKNN(LpDistance(normalize_embeddings=False)), **kwargs)
     return calc.get_accuracy(query, q_labels, gallery, g_labels, ref_includes_query=gallery is None)
 
 
