@@ -28,7 +28,6 @@ command exits 1. Without a GPU everything runs on the CPU with small sizes (64 p
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import run  # noqa: E402
+from bench.loopback import free_port  # noqa: E402
 from bench.timing import extraction_rate  # noqa: E402
+from bench.weights_diff import flat, identical, relative  # noqa: E402
 from dataset.transforms import device_normalization  # noqa: E402
 from experiment.device import amp_settings, configure_backends, select_device, synchronize  # noqa: E402
 from experiment.flags import bounded_int  # noqa: E402
@@ -191,12 +192,8 @@ def check_training_speed(device: torch.device, sizes: Sizes) -> list[Row]:
             Row("train_amp", amp, "images/s", None, f"{dtype}, {amp / fp32:.2f}x fp32, {where}")]
 
 
-def flat(state: dict) -> torch.Tensor:
-    return torch.cat([v.detach().cpu().double().flatten() for _, v in sorted(state.items()) if v.is_floating_point()])
 
 
-def relative(a: dict, b: dict) -> float:
-    return float((flat(a) - flat(b)).norm() / flat(b).norm())
 
 
 def one_step(device: torch.device, state: dict, batch: tuple, tf32: bool) -> dict:
@@ -310,8 +307,6 @@ def last_weights(run_dir: Path) -> dict:
     return read_weights_file(run_dir / "last.pth")
 
 
-def identical(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def check_deterministic(runs: Runs) -> Row:
@@ -321,10 +316,6 @@ def check_deterministic(runs: Runs) -> Row:
                "two --deterministic runs of 2 epochs: " + ("identical weights" if same else "weights differ"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_torchrun(runs: Runs, device: torch.device, nproc: int) -> Row:

@@ -1,7 +1,6 @@
 """torchrun gives the single-process run: the same steps, weights, MDR state and Recall@K, on 2 gloo processes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 import run
+from bench.loopback import free_port
+from bench.weights_diff import identical, relative
 from dataset import CUB200
 from dataset.sampler import PKSampler, SeededShards, augmentation_seed
 from dataset.transforms import build_transforms, device_normalization
@@ -40,10 +41,6 @@ SMALL = ["--no-pretrained", "--image-size", "64", "--device", "cpu", "--batch", 
 CASES = {"triplet": (False, 0.0, 0.0), "l2norm": (True, 0.0, 0.0), "mdr": (False, 0.6, 0.01)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loopback_env(port: int) -> dict:
@@ -168,12 +165,8 @@ def _on_two_processes(tmp_path: Path, jobs: dict) -> list[dict]:
     return [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
 
 
-def flat(state: dict) -> torch.Tensor:
-    return torch.cat([v.flatten().double() for k, v in sorted(state.items()) if v.is_floating_point()])
 
 
-def relative(a: dict, b: dict) -> float:
-    return float((flat(a) - flat(b)).norm() / flat(b).norm())
 
 
 def test_one_step_on_two_processes_equals_one_process(tmp_path):
@@ -220,8 +213,6 @@ def off_update(state: dict, expected: dict, initial: dict) -> float:
     return relative({k: state[k] - initial[k] for k in keys}, {k: expected[k] - initial[k] for k in keys})
 
 
-def identical(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_frozen_imagenet_classifier_leaves_single_process_updates_bit_identical(monkeypatch):

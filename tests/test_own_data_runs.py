@@ -13,7 +13,8 @@ from experiment.validation import VAL_PREFIX
 from metric.retrieval import retrieval_metrics
 from minidata import make_inshop, make_split_folders, write_manifest
 from small_run import SMALL, run_main
-from test_distributed import _torchrun, relative
+from bench.weights_diff import relative
+from test_distributed import _torchrun
 from tools import sweep
 
 ONE_EPOCH = SMALL + ["--epochs", "1", "--recall", "1", "2", "4", "--metrics", "recall", "map_r"]
